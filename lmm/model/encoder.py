@@ -36,6 +36,8 @@ class VisionEncoder(nn.Module):
         self.tower = tower
         self.select_layer = select_layer
         self.select_feature = select_feature
+        # CLIP prepends a class embedding to the patches; SigLIP has none.
+        self.has_cls_token = any(hasattr(m, "class_embedding") for m in tower.modules())
         self.tower.requires_grad_(False)
         self.tower.eval()
 
@@ -56,11 +58,6 @@ class VisionEncoder(nn.Module):
     @property
     def image_size(self) -> int:
         return self.tower.config.image_size
-
-    @property
-    def has_cls_token(self) -> bool:
-        # CLIP prepends a class embedding; SigLIP has none.
-        return hasattr(self.tower.vision_model.embeddings, "class_embedding")
 
     @property
     def num_patches(self) -> int:

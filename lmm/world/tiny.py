@@ -84,7 +84,8 @@ def _build(root: Path, num_align: int, num_instruct: int, num_eval: int, seed: i
     hf_logging.disable_progress_bar()
     texts = scenes.corpus(seed) + [VICUNA_SYSTEM, "USER:", "ASSISTANT:", "\n", scenes.SHORT_ANSWER]
     tokenizer = build_tokenizer(texts, root / "tokenizer")
-    build_llm(root / "llama-tiny", tokenizer, seed=seed)
+    build_llm(root / "llama-tiny", tokenizer, seed=seed)  # stands in for Vicuna-7B
+    build_llm(root / "llama-tiny-large", tokenizer, hidden_size=192, num_layers=6, seed=seed)  # for Vicuna-13B
     build_vision_tower(root / "clip-tiny-res224", image_size=32, seed=seed)
     build_vision_tower(root / "clip-tiny-res336", image_size=48, seed=seed)
     scenes.build_dataset(root / "data", num_align, num_instruct, num_eval, seed)

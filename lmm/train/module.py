@@ -1,0 +1,127 @@
+"""The LightningModule of one training stage: which parts learn, the optimizer, and the token-normalised loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from lmm.model.llava import LlavaModel
+
+PARTS = ("encoder", "connector", "llm")
+
+
+class LlavaLitModule(L.LightningModule):
+    """Trains the parts of a LlavaModel named in `train` (align: connector; instruct: connector + llm).
+
+    The loss of an optimizer step is the mean over every supervised token of that step, across micro-batches and
+    ranks: each micro-batch back-propagates the *sum* of its token losses, and before the optimizer step the gradients
+    are rescaled by accumulate * world_size / (supervised tokens of the whole step). Lightning's automatic
+    optimisation divides each micro-batch loss by `accumulate_grad_batches` and DDP/FSDP average over ranks; the
+    rescale undoes both. A plain mean per micro-batch would weigh a 3-token micro-batch like a 300-token one.
+    """
+
+    def __init__(self, model: LlavaModel | Callable[[], LlavaModel], train: list[str], lr: float,
+                 weight_decay: float = 0.0, warmup_ratio: float = 0.03, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, init_connector_from: str | None = None, gradient_checkpointing: bool = False,
+                 fsdp: Callable[[LlavaModel, Any], None] | None = None, stage_name: str = "train") -> None:
+        super().__init__()
+        unknown = set(train) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown part(s) to train {sorted(unknown)}; choose from {PARTS}")
+        self.model = model if isinstance(model, torch.nn.Module) else model()
+        self.train_parts = list(train)
+        self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
+        self.betas, self.eps = tuple(betas), eps
+        self.fsdp, self.stage_name = fsdp, stage_name
+        if init_connector_from:
+            load_connector(self.model, init_connector_from)
+        for part in PARTS:
+            getattr(self.model, part).requires_grad_(part in self.train_parts)
+        if gradient_checkpointing:
+            self.model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._tokens = torch.zeros((), dtype=torch.long)
+        self._loss_sum = torch.zeros(())
+        self.strict_loading = False  # checkpoints hold only the trainable weights; the frozen ones come from config
+
+    # ----------------------------------------------------------------------------------------------------- setup
+    def configure_model(self) -> None:
+        """Shard with FSDP2 when the strategy provides a device mesh (trainer=fsdp)."""
+        if self.fsdp is not None and getattr(self, "_device_mesh", None) is not None:
+            self.fsdp(self.model, self.device_mesh)
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = {}
+        for part in PARTS:
+            params = list(getattr(self.model, part).parameters())
+            counts[f"params/{part}"] = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        counts["params/trainable"] = trainable
+        counts["params/frozen"] = sum(p.numel() for p in self.model.parameters()) - trainable
+        counts["model/visual_tokens_per_image"] = self.model.num_visual_tokens
+        return counts
+
+    def on_fit_start(self) -> None:
+        counts = self.parameter_counts()
+        trained = ", ".join(self.train_parts)
+        self.print(f"[lmm] training {trained}: {counts['params/trainable']:,} trainable, "
+                   f"{counts['params/frozen']:,} frozen parameters; {counts['model/visual_tokens_per_image']} "
+                   "visual tokens per image")
+        for logger in self.loggers:
+            logger.log_hyperparams({"counts": counts, "trainable_parts": self.train_parts})
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps,
+                                      weight_decay=self.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = math.ceil(self.warmup_ratio * total)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits, spliced = self.model(batch["input_ids"], batch["attention_mask"], batch["images"], batch["labels"])
+        loss_sum, tokens = self.model.token_loss(logits, spliced.labels)
+        self._tokens = self._tokens.to(tokens.device) + tokens
+        self._loss_sum = self._loss_sum.to(loss_sum.device) + loss_sum.detach().float()
+        self.log(f"{self.stage_name}/seq_len", float(spliced.attention_mask.shape[1]), on_step=True, batch_size=1)
+        return loss_sum
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        strategy = self.trainer.strategy
+        tokens = strategy.reduce(self._tokens.clone().float(), reduce_op="sum")
+        loss_sum = strategy.reduce(self._loss_sum.clone(), reduce_op="sum")
+        accumulate = self.trainer.accumulate_grad_batches
+        scale = accumulate * self.trainer.world_size / tokens.clamp(min=1.0)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale.to(p.grad.device))
+        self.log(f"{self.stage_name}/loss", loss_sum / tokens.clamp(min=1.0), on_step=True, prog_bar=True, batch_size=1,
+                 rank_zero_only=True)
+        self.log(f"{self.stage_name}/supervised_tokens", tokens, on_step=True, batch_size=1, rank_zero_only=True)
+        self._tokens.zero_()
+        self._loss_sum.zero_()
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable weights: an align checkpoint is the connector, not a copy of the 7B LLM."""
+        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
+
+
+def load_connector(model: LlavaModel, path: str) -> None:
+    """Load connector weights written by the align stage (an explicit reference, never a guessed path)."""
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    missing, unexpected = model.connector.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit this connector: missing {missing}, unexpected {unexpected}")

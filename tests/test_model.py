@@ -1,0 +1,99 @@
+"""The composed model: connector contracts, splicing, the text-only graph rule, truncation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from lmm.model.connector import LinearConnector, MLPConnector, QFormerLite
+from tests.conftest import tiny_llava
+
+
+@pytest.mark.parametrize(("connector", "params", "tokens"), [
+    (LinearConnector(1024, 4096), 4_198_400, 576),          # spec §4.1, 7B linear
+    (MLPConnector(1024, 4096), 20_979_712, 576),            # spec §4.1, 7B mlp2x_gelu
+    (MLPConnector(1024, 5120), 31_467_520, 576),            # spec §4.1, 13B mlp2x_gelu
+    (QFormerLite(1024, 4096, num_queries=32, width=64, depth=1), None, 32),
+])
+def test_connector_contract(connector, params, tokens):
+    if params is not None:
+        assert connector.num_parameters == params
+    assert connector.num_output_tokens(576) == tokens
+    out = connector(torch.randn(2, 576, 1024))
+    assert out.shape == (2, tokens, connector.out_dim)
+
+
+def test_mlp_uses_exact_gelu_and_llava_indices():
+    proj = MLPConnector(8, 16).proj
+    assert isinstance(proj[1], torch.nn.GELU) and proj[1].approximate == "none"
+    assert set(dict(proj.named_parameters())) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def batch(model, lengths, image_at=(1, 1)):
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(3, 90, (n,))
+        if image_at[i] is not None:
+            ids[i, image_at[i]] = IMAGE_TOKEN_INDEX
+        mask[i, :n] = 1
+    labels = ids.clone()
+    labels[ids == IMAGE_TOKEN_INDEX] = IGNORE_INDEX
+    labels[mask == 0] = IGNORE_INDEX
+    return ids, mask, torch.randn(len(lengths), 3, 28, 28), labels
+
+
+def test_splice_expands_placeholder_and_repads():
+    model = tiny_llava()
+    ids, mask, images, labels = batch(model, [5, 8], image_at=(1, None))
+    s = model.splice(ids, mask, images, labels)
+    n_vis = model.num_visual_tokens
+    assert n_vis == 4  # (28 / 14)^2 patches, CLS dropped
+    assert s.inputs_embeds.shape[:2] == (2, max(5 - 1 + n_vis, 8))
+    assert s.attention_mask[0].sum() == 5 - 1 + n_vis and s.attention_mask[1].sum() == 8
+    assert (s.labels[0, 1:1 + n_vis] == IGNORE_INDEX).all()
+    assert s.position_ids[0, : 5 - 1 + n_vis].tolist() == list(range(5 - 1 + n_vis))
+    left = model.splice(ids, mask, images, labels, padding_side="left")
+    assert left.attention_mask[1].tolist() == [0] * (s.inputs_embeds.shape[1] - 8) + [1] * 8
+    torch.testing.assert_close(left.inputs_embeds[0], s.inputs_embeds[0])  # the longest row has no padding
+
+
+def test_text_only_batch_keeps_connector_in_graph():
+    """DDP/FSDP need every trainable parameter used in every step, also when no sample has an image."""
+    model = tiny_llava()
+    ids, mask, images, labels = batch(model, [6, 7], image_at=(None, None))
+    logits, s = model(ids, mask, images, labels)
+    loss_sum, n = model.token_loss(logits, s.labels)
+    (loss_sum / n).backward()
+    for name, p in model.connector.named_parameters():
+        assert p.grad is not None, name
+        assert torch.count_nonzero(p.grad) == 0  # in the graph, but with zero weight
+
+
+def test_truncation_never_cuts_visual_tokens():
+    model = tiny_llava()
+    model.max_length = 6
+    ids, mask, images, labels = batch(model, [5, 5], image_at=(1, 1))
+    s = model.splice(ids, mask, images, labels)  # sample 0: visual tokens end at 5: kept, tail cut
+    assert s.inputs_embeds.shape[1] == 6
+    model.max_length = 4
+    with pytest.raises(ValueError, match="cut through"):
+        model.splice(ids, mask, images, labels)
+
+
+def test_two_placeholders_rejected():
+    model = tiny_llava()
+    ids, mask, images, labels = batch(model, [6, 6])
+    ids[0, 3] = IMAGE_TOKEN_INDEX
+    with pytest.raises(ValueError, match="2 image placeholders"):
+        model.splice(ids, mask, images, labels)
+
+
+def test_encoder_is_frozen_and_without_grad():
+    model = tiny_llava()
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    model.train()
+    assert not model.encoder.tower.training
+    feats = model.encoder(torch.randn(1, 3, 28, 28))
+    assert not feats.requires_grad and feats.shape == (1, 4, 24)
