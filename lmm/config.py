@@ -25,9 +25,7 @@ def register_resolvers() -> None:
 
 def fingerprint(cfg: DictConfig, keys: list[str]) -> str:
     """A short hash of the resolved config at `keys`: two stages with equal fingerprints are the same computation."""
-    picked = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
-              if isinstance(OmegaConf.select(cfg, k), DictConfig | list) or OmegaConf.is_config(OmegaConf.select(cfg, k))
-              else OmegaConf.select(cfg, k) for k in keys}
+    picked = {k: to_plain(OmegaConf.select(cfg, k)) for k in keys}
     blob = json.dumps(picked, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

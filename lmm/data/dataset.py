@@ -11,8 +11,8 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lmm.constants import IGNORE_INDEX
-from lmm.data.records import Record, load_records, resolve_image_path, validate_record
 from lmm.data.images import load_image
+from lmm.data.records import Record, load_records, resolve_image_path, validate_record
 from lmm.data.templates import truncate
 
 

@@ -22,6 +22,9 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    SiglipVisionModel,
 )
 from transformers.utils import logging as hf_logging
 
@@ -67,6 +70,18 @@ def build_vision_tower(out_dir: Path, image_size: int, patch_size: int = 8, hidd
                           image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(out_dir)
 
 
+def build_siglip_tower(out_dir: Path, image_size: int, patch_size: int = 8, hidden_size: int = 64,
+                       num_layers: int = 3, seed: int = 0) -> None:
+    """A randomly initialised SigLIP vision tower (no CLS token, mean/std 0.5) plus its image-processor config."""
+    torch.manual_seed(seed)
+    config = SiglipVisionConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size,
+                                num_hidden_layers=num_layers, num_attention_heads=4, image_size=image_size,
+                                patch_size=patch_size)
+    SiglipVisionModel(config).save_pretrained(out_dir)
+    SiglipImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
+                            image_std=[0.5] * 3).save_pretrained(out_dir)
+
+
 def build_llm(out_dir: Path, tokenizer: PreTrainedTokenizerFast, hidden_size: int = 128, num_layers: int = 4,
               seed: int = 0) -> None:
     """A randomly initialised Llama with the tokenizer saved beside it."""
@@ -88,6 +103,8 @@ def _build(root: Path, num_align: int, num_instruct: int, num_eval: int, seed: i
     build_llm(root / "llama-tiny-large", tokenizer, hidden_size=192, num_layers=6, seed=seed)  # for Vicuna-13B
     build_vision_tower(root / "clip-tiny-res224", image_size=32, seed=seed)
     build_vision_tower(root / "clip-tiny-res336", image_size=48, seed=seed)
+    build_siglip_tower(root / "siglip-tiny-res224", image_size=32, seed=seed)
+    build_siglip_tower(root / "siglip-tiny-res336", image_size=48, seed=seed)
     scenes.build_dataset(root / "data", num_align, num_instruct, num_eval, seed)
 
 

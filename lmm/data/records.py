@@ -1,0 +1,145 @@
+"""LLaVA-format records: loading (JSON list or JSONL) and validation with errors that name file, record and reason."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmm.constants import IMAGE_PLACEHOLDER
+
+HUMAN, GPT = "human", "gpt"
+
+
+class RecordError(ValueError):
+    """A record (or the file holding it) cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One conversation turn; role is LLaVA's "from" field ("human" or "gpt")."""
+
+    role: str
+    value: str
+
+
+@dataclass
+class Record:
+    """One training/eval sample: an optional image path (relative to the image root) and its conversation."""
+
+    id: str
+    image: str | None
+    conversations: list[Turn] = field(default_factory=list)
+
+
+def _where(source: Any, index: int | None, rec_id: str | None = None) -> str:
+    """Location prefix used by every error message."""
+    where = f"{source}: record {index}" if index is not None else f"{source}"
+    return f"{where} (id {rec_id!r})" if rec_id is not None else where
+
+
+def parse_record(raw: Any, source: Any = "<memory>", index: int | None = None) -> Record:
+    """Turn one decoded JSON object into a Record, rejecting wrong types (content checks live in validate_record)."""
+    if not isinstance(raw, dict):
+        raise RecordError(f"{_where(source, index)}: expected a JSON object, got {type(raw).__name__}")
+    rec_id = str(raw["id"]) if raw.get("id") is not None else str(index)
+    image = raw.get("image")
+    if image is not None and not isinstance(image, str):
+        raise RecordError(f"{_where(source, index, rec_id)}: 'image' must be a string, got {type(image).__name__}")
+    convs = raw.get("conversations") or []
+    if not isinstance(convs, list):
+        raise RecordError(f"{_where(source, index, rec_id)}: 'conversations' must be a list")
+    turns = []
+    for j, turn in enumerate(convs):
+        if not (isinstance(turn, dict) and isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str)):
+            raise RecordError(f"{_where(source, index, rec_id)}: turn {j} needs string 'from' and 'value' fields")
+        turns.append(Turn(turn["from"], turn["value"]))
+    return Record(id=rec_id, image=image, conversations=turns)
+
+
+def _is_json(text: str) -> bool:
+    """Whether the whole text is one JSON value (used to explain a pretty-printed object given as JSONL)."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def load_records(path: str | os.PathLike) -> list[Record]:
+    """Read a JSON list or JSONL file (decided by content) into Records; malformed JSON names file and line."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        try:
+            raws = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RecordError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
+        return [parse_record(raw, path, i) for i, raw in enumerate(raws)]
+    records: list[Record] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            if not records and _is_json(text):
+                raise RecordError(f"{path}: expected a JSON list or JSONL, got one multi-line JSON value") from e
+            raise RecordError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from e
+        try:
+            records.append(parse_record(raw, path, len(records)))
+        except RecordError as e:
+            raise RecordError(f"{e} (line {lineno})") from e
+    return records
+
+
+def resolve_image_path(image_root: str | os.PathLike, rel: str) -> Path:
+    """Join an image path to its root, refusing absolute paths and paths that climb out of the root."""
+    if not rel:
+        raise RecordError("empty image path")
+    if os.path.isabs(rel) or Path(rel).is_absolute():
+        raise RecordError(f"image path {rel!r} is absolute; it must be relative to the image root")
+    root = os.path.normpath(os.path.abspath(image_root))
+    full = os.path.normpath(os.path.join(root, rel))
+    if os.path.commonpath([root, full]) != root:
+        raise RecordError(f"image path {rel!r} escapes the image root {str(image_root)!r}")
+    return Path(full)
+
+
+def _problem(rec: Record, image_root: str | os.PathLike) -> str | None:
+    """The first reason the record is unusable, or None."""
+    convs = rec.conversations
+    if not convs:
+        return "missing or empty 'conversations'"
+    if convs[0].role != HUMAN:
+        return f"first turn must be from {HUMAN!r}, got {convs[0].role!r}"
+    for j, turn in enumerate(convs):
+        expected = HUMAN if j % 2 == 0 else GPT
+        if turn.role != expected:
+            return f"turns must alternate human/gpt: turn {j} is from {turn.role!r}, expected {expected!r}"
+        if not turn.value.strip():
+            return f"turn {j} has an empty value"
+    if len(convs) % 2:
+        return f"turns must alternate human/gpt and end with {GPT!r}: last turn is from {convs[-1].role!r}"
+    n_placeholders = sum(t.value.count(IMAGE_PLACEHOLDER) for t in convs)
+    if rec.image is not None:
+        if n_placeholders != 1:
+            return f"image record must contain exactly one {IMAGE_PLACEHOLDER} placeholder, found {n_placeholders}"
+        try:
+            resolve_image_path(image_root, rec.image)
+        except RecordError as e:
+            return str(e)
+    elif n_placeholders:
+        return f"text-only record contains {n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s)"
+    return None
+
+
+def validate_record(
+    rec: Record, source: Any = "<memory>", index: int | None = None, image_root: str | os.PathLike = "."
+) -> Record:
+    """Check a record's structure (roles, placeholders, image path) and return it; raise RecordError otherwise."""
+    reason = _problem(rec, image_root)
+    if reason is not None:
+        raise RecordError(f"{_where(source, index, rec.id)}: {reason}")
+    return rec

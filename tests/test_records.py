@@ -1,0 +1,107 @@
+"""LLaVA-format records: JSON/JSONL loading and every validation error names file, record and reason."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmm.data.records import Record, RecordError, Turn, load_records, resolve_image_path, validate_record
+
+GOOD = [
+    {"id": "000000033471", "image": "coco/train2017/000000033471.jpg", "conversations": [
+        {"from": "human", "value": "What are the colors of the bus?\n<image>"},
+        {"from": "gpt", "value": "White and red."}]},
+    {"id": 7, "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
+]
+
+
+def _conv(*pairs):
+    return [Turn(r, v) for r, v in pairs]
+
+
+def test_load_json_list_and_jsonl_by_content(tmp_path):
+    as_list = tmp_path / "data.jsonl"  # a JSON list despite the extension
+    as_list.write_text(json.dumps(GOOD, indent=2))
+    as_lines = tmp_path / "data.json"  # JSONL despite the extension
+    as_lines.write_text("\n".join(json.dumps(r) for r in GOOD) + "\n\n")
+    for path in (as_list, as_lines):
+        recs = load_records(path)
+        assert [r.id for r in recs] == ["000000033471", "7"]
+        assert recs[0].image == "coco/train2017/000000033471.jpg" and recs[1].image is None
+        assert recs[0].conversations[1] == Turn("gpt", "White and red.")
+        for i, rec in enumerate(recs):
+            validate_record(rec, source=path, index=i)
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(GOOD[0]) + "\n" + '{"id": "x", "conversations": [}\n')
+    with pytest.raises(RecordError, match=r"bad\.jsonl: line 2"):
+        load_records(path)
+
+
+def test_malformed_json_list_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[\n{"id": "a"},\n{"id": }\n]')
+    with pytest.raises(RecordError, match=r"bad\.json: line 3"):
+        load_records(path)
+
+
+def test_wrong_types_rejected_at_load(tmp_path):
+    path = tmp_path / "types.json"
+    path.write_text(json.dumps([{"id": "a", "conversations": [{"from": "human"}]}]))
+    with pytest.raises(RecordError, match=r"types\.json: record 0 \(id 'a'\): turn 0"):
+        load_records(path)
+    path.write_text(json.dumps([["not", "a", "dict"]]))
+    with pytest.raises(RecordError, match="record 0: expected a JSON object"):
+        load_records(path)
+
+
+IMG_OK = _conv(("human", "<image>\nQ?"), ("gpt", "A."))
+
+BAD = {
+    "missing conversations": Record("r", "a.jpg", []),
+    "first turn not human": Record("r", None, _conv(("gpt", "A."), ("human", "Q?"))),
+    "not alternating": Record("r", None, _conv(("human", "Q?"), ("human", "Q2?"))),
+    "unknown role": Record("r", None, _conv(("human", "Q?"), ("assistant", "A."))),
+    "ends with human": Record("r", None, _conv(("human", "Q?"), ("gpt", "A."), ("human", "Q2?"))),
+    "empty value": Record("r", None, _conv(("human", "Q?"), ("gpt", "  "))),
+    "image without placeholder": Record("r", "a.jpg", _conv(("human", "Q?"), ("gpt", "A."))),
+    "image with two placeholders": Record("r", "a.jpg", _conv(("human", "<image>\nQ?"), ("gpt", "A <image>"))),
+    "text-only with placeholder": Record("r", None, IMG_OK),
+    "absolute image path": Record("r", "/etc/passwd", IMG_OK),
+    "image path escapes root": Record("r", "coco/../../secret.jpg", IMG_OK),
+}
+REASONS = {
+    "missing conversations": "empty 'conversations'",
+    "first turn not human": "first turn must be from 'human'",
+    "not alternating": "alternate",
+    "unknown role": "alternate",
+    "ends with human": "end with 'gpt'",
+    "empty value": "turn 1 has an empty value",
+    "image without placeholder": "exactly one <image>.*found 0",
+    "image with two placeholders": "exactly one <image>.*found 2",
+    "text-only with placeholder": "text-only record contains 1 <image>",
+    "absolute image path": "absolute",
+    "image path escapes root": "escapes the image root",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_validation_errors_name_file_record_and_reason(case):
+    with pytest.raises(RecordError, match=r"^train\.json: record 4 \(id 'r'\): .*" + REASONS[case]):
+        validate_record(BAD[case], source="train.json", index=4, image_root="/data/images")
+
+
+def test_resolve_image_path(tmp_path):
+    assert resolve_image_path(tmp_path, "coco/x/../a.jpg") == Path(tmp_path) / "coco" / "a.jpg"
+    for bad in ("/abs.jpg", "../up.jpg", "a/../../up.jpg", ""):
+        with pytest.raises(RecordError):
+            resolve_image_path(tmp_path, bad)
+
+
+def test_pretty_printed_object_is_explained(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(GOOD[0], indent=2))
+    with pytest.raises(RecordError, match=r"one\.json: expected a JSON list or JSONL"):
+        load_records(path)
