@@ -22,16 +22,17 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
+from transformers.utils import logging as hf_logging
 
 from lmm.config import fingerprint, new_run_id
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.images import ImageTransform
 from lmm.model.llava import LlavaModel
-from lmm.train.callbacks import LossRecord, SampleGenerations
+from lmm.train.callbacks import LossRecord, SampleGenerations, Throughput
 from lmm.train.module import LlavaLitModule
 
 ALIGN_KEYS = ["model.encoder", "model.connector", "model.llm", "model.max_length", "input", "data.align",
@@ -105,8 +106,10 @@ def _wandb_logger(cfg: DictConfig, spec: DictConfig, run_dir: Path) -> WandbLogg
     key = str(run_dir)
     if key not in _WANDB:
         configure_wandb_env(run_dir)
-        _WANDB[key] = instantiate(spec, save_dir=str(run_dir), name=run_dir.name, id=run_dir.name, resume="allow",
-                                  config=OmegaConf.to_container(cfg, resolve=True))
+        kwargs = OmegaConf.to_container(spec, resolve=True)
+        cls = get_class(kwargs.pop("_target_"))  # not instantiate(): its own first parameter is named `config`
+        _WANDB[key] = cls(**kwargs, save_dir=str(run_dir), name=run_dir.name, id=run_dir.name, resume="allow",
+                          config=OmegaConf.to_container(cfg, resolve=True))
     return _WANDB[key]
 
 
@@ -180,7 +183,8 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=stage_dir / "checkpoints", every_n_train_steps=scfg.checkpoint_every_n_steps,
                         save_top_k=0, save_last=True),
-        LearningRateMonitor(logging_interval="step"), loss_record]
+        LearningRateMonitor(logging_interval="step"), loss_record,
+        Throughput(name, model.num_visual_tokens, every_n_steps=cfg.trainer.get("log_every_n_steps", 5))]
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=scfg.max_epochs, max_steps=scfg.max_steps,
                                      callbacks=callbacks, logger=make_loggers(cfg, run_dir, name) or False,
                                      default_root_dir=str(stage_dir))
@@ -235,6 +239,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job described by `cfg`; returns what it wrote into results.json."""
     run_dir = run_dir_of(cfg)
     write_meta(cfg, run_dir)
+    hf_logging.disable_progress_bar()  # weight-loading bars, once per stage, drown the training log
     for step in cfg.prepare or []:
         instantiate(step)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

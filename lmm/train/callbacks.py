@@ -88,3 +88,37 @@ class LossRecord(L.Callback):
         value = trainer.callback_metrics.get(self.key)
         if value is not None and (not self.losses or self.losses[-1][0] != trainer.global_step):
             self.losses.append((trainer.global_step, float(value)))
+
+
+class Throughput(L.Callback):
+    """Samples/s and tokens/s (text + visual tokens the LLM processes) over all ranks, logged per stage.
+
+    Measured between logging points over whole optimizer steps, so start-up and the first batch's data loading are
+    not averaged in.
+    """
+
+    def __init__(self, stage: str, visual_tokens_per_image: int, every_n_steps: int = 5) -> None:
+        self.stage, self.visual, self.every = stage, visual_tokens_per_image, every_n_steps
+        self._samples = self._tokens = 0
+        self._t0: float | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        import time
+
+        if self._t0 is None:  # start timing after the first micro-batch
+            self._t0 = time.perf_counter()
+            return
+        n_images = int(batch["has_image"].sum())
+        self._samples += batch["input_ids"].shape[0]
+        self._tokens += int(batch["attention_mask"].sum()) + n_images * (self.visual - 1)
+        if (batch_idx + 1) % (self.every * trainer.accumulate_grad_batches):
+            return
+        elapsed = time.perf_counter() - self._t0
+        totals = torch.tensor([self._samples, self._tokens], dtype=torch.float64, device=pl_module.device)
+        totals = trainer.strategy.reduce(totals, reduce_op="sum")
+        pl_module.log_dict({f"{self.stage}/samples_per_sec": float(totals[0]) / elapsed,
+                            f"{self.stage}/tokens_per_sec": float(totals[1]) / elapsed}, on_step=True,
+                           batch_size=1, rank_zero_only=True)
+        self._samples = self._tokens = 0
+        self._t0 = time.perf_counter()
