@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
 from lmm.config import fingerprint, new_run_id
-from lmm.data.datamodule import LlavaDataModule
 from lmm.data.images import ImageTransform
 from lmm.model.llava import LlavaModel
 from lmm.train.callbacks import LossRecord, SampleGenerations, Throughput
@@ -190,15 +189,12 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
                                      default_root_dir=str(stage_dir))
     micro, accumulate = micro_batching(scfg.global_batch_size, scfg.micro_batch_size, trainer.world_size)
     trainer.accumulate_grad_batches = accumulate
-    datamodule = LlavaDataModule(list(cfg.data[name]), template, tokenizer, transform,
-                                 max_text_length=model.max_length - model.num_visual_tokens + 1,
-                                 micro_batch_size=micro, num_workers=cfg.data.num_workers)
+    datamodule = instantiate(cfg.data[name])(template=template, tokenizer=tokenizer, image_transform=transform,
+                                             max_text_length=model.max_length - model.num_visual_tokens + 1,
+                                             micro_batch_size=micro, seed=cfg.seed)
     if cfg.num_sample_generations:
-        datamodule.setup()
-        first = datamodule.train_set.datasets[0]
-        trainer.callbacks.append(SampleGenerations(first.records[: cfg.num_sample_generations], first.image_root,
-                                                   template, tokenizer, transform,
-                                                   run_dir / "samples" / f"{name}.jsonl", name))
+        trainer.callbacks.append(SampleGenerations(datamodule.example_records(cfg.num_sample_generations), template,
+                                                   tokenizer, transform, run_dir / "samples" / f"{name}.jsonl", name))
     last = stage_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if last.exists() else None
     log(f"{name}: global batch {scfg.global_batch_size} = {micro} per device x {trainer.world_size} devices x "

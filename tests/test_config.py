@@ -46,7 +46,7 @@ def test_paper_preset_is_the_paper_recipe():
     assert a.warmup_ratio == i.warmup_ratio == 0.03 and a.weight_decay == i.weight_decay == 0.0
     assert cfg.trainer.strategy._target_.endswith("ModelParallelStrategy")
     assert cfg.sharding.param_dtype == "bfloat16"
-    assert cfg.data.instruct[0].records.endswith("llava_v1_5_mix665k.json")
+    assert cfg.data.instruct.sources[0].records.endswith("llava_v1_5_mix665k.json")
 
 
 def test_input_knob_means_the_same_under_both_presets():

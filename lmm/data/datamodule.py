@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -11,6 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lmm.data.dataset import LlavaDataset, collate
+from lmm.data.records import Record
 
 
 class LlavaDataModule(L.LightningDataModule):
@@ -22,11 +24,12 @@ class LlavaDataModule(L.LightningDataModule):
 
     def __init__(self, sources: list[dict[str, Any]], template: Any, tokenizer: PreTrainedTokenizerBase,
                  image_transform: Callable, max_text_length: int, micro_batch_size: int, num_workers: int = 0,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, seed: int = 0) -> None:
         super().__init__()
         if not sources:
             raise ValueError("a stage needs at least one data source")
-        self.sources, self.template, self.tokenizer = list(sources), template, tokenizer
+        self.seed = seed
+        self.sources, self.template, self.tokenizer = [dict(s) for s in sources], template, tokenizer
         self.image_transform, self.max_text_length = image_transform, max_text_length
         self.micro_batch_size, self.num_workers, self.shuffle = micro_batch_size, num_workers, shuffle
         self.train_set: ConcatDataset | None = None
@@ -43,7 +46,8 @@ class LlavaDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id))
 
-    def examples(self, n: int) -> dict[str, Any]:
-        """The first `n` samples as one batch: fixed prompts for sample generations."""
+    def example_records(self, n: int) -> list[tuple[Record, Path]]:
+        """The first `n` records of the first source with their image root: fixed prompts for sample generations."""
         self.setup()
-        return collate([self.train_set[i] for i in range(min(n, len(self.train_set)))], self.tokenizer.pad_token_id)
+        first = self.train_set.datasets[0]
+        return [(rec, first.image_root) for rec in first.records[:n]]

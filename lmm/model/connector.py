@@ -16,8 +16,15 @@ class Connector(nn.Module):
     in_dim: int
     out_dim: int
 
+    _init_kwargs: dict
+
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return num_input_tokens
+
+    def partial_config(self) -> dict:
+        """A Hydra partial that rebuilds this connector for given in/out widths (saved beside the weights)."""
+        cls = type(self)
+        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", "_partial_": True, **self._init_kwargs}
 
     @property
     def num_parameters(self) -> int:
@@ -29,7 +36,7 @@ class LinearConnector(Connector):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.in_dim, self.out_dim = in_dim, out_dim
+        self.in_dim, self.out_dim, self._init_kwargs = in_dim, out_dim, {}
         self.proj = nn.Linear(in_dim, out_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -43,7 +50,7 @@ class MLPConnector(Connector):
         super().__init__()
         if depth < 1:
             raise ValueError(f"MLP connector depth must be >= 1, got {depth}")
-        self.in_dim, self.out_dim = in_dim, out_dim
+        self.in_dim, self.out_dim, self._init_kwargs = in_dim, out_dim, {"depth": depth}
         layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
         for _ in range(depth - 1):
             layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
@@ -83,6 +90,8 @@ class QFormerLite(Connector):
                  num_heads: int = 4, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
+        self._init_kwargs = {"num_queries": num_queries, "width": width, "depth": depth, "num_heads": num_heads,
+                             "mlp_ratio": mlp_ratio}
         self.num_queries = num_queries
         self.input_proj = nn.Linear(in_dim, width)
         self.queries = nn.Parameter(torch.randn(num_queries, width) * 0.02)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import save_file
 
 from lmm.model.encoder import VisionEncoder
@@ -42,7 +42,7 @@ def save_lmm_model(state: dict[str, torch.Tensor], model: LlavaModel, out_dir: P
         if source.exists():
             shutil.copy(source, folder / "encoder" / "preprocessor_config.json")
     card = {"encoder": {"select_layer": model.encoder.select_layer, "select_feature": model.encoder.select_feature},
-            "connector": OmegaConf.to_container(config.model.connector, resolve=True) if config is not None else None,
+            "connector": model.connector.partial_config(),
             "max_length": model.max_length}
     (folder / MODEL_CARD).write_text(json.dumps(card, indent=2))
 

@@ -21,9 +21,9 @@ class SampleGenerations(L.Callback):
     The prompt is the record's first human turn in the stage's template; the generation is greedy.
     """
 
-    def __init__(self, records: list[Record], image_root: Path, template: Any, tokenizer: Any, image_transform: Any,
+    def __init__(self, examples: list[tuple[Record, Path]], template: Any, tokenizer: Any, image_transform: Any,
                  out_path: Path, stage: str, max_new_tokens: int = 48) -> None:
-        self.records, self.image_root, self.template = records, Path(image_root), template
+        self.examples, self.template = examples, template
         self.tokenizer, self.image_transform, self.out_path = tokenizer, image_transform, Path(out_path)
         self.stage, self.max_new_tokens = stage, max_new_tokens
 
@@ -37,12 +37,12 @@ class SampleGenerations(L.Callback):
     def generate(self, pl_module: L.LightningModule) -> list[dict[str, Any]]:
         model, device = pl_module.model, pl_module.device
         ids, images, pil_images = [], [], []
-        for rec in self.records:
+        for rec, image_root in self.examples:
             has_image = rec.image is not None
             question = rec.conversations[0].value
             ids.append(self.template.prompt_ids(question, self.tokenizer, has_image=has_image))
             if has_image:
-                img = load_image(resolve_image_path(self.image_root, rec.image))
+                img = load_image(resolve_image_path(image_root, rec.image))
                 pil_images.append(img)
                 images.append(self.image_transform(img))
             else:
@@ -64,7 +64,7 @@ class SampleGenerations(L.Callback):
         self._pil = pil_images
         return [{"stage": self.stage, "id": rec.id, "image": rec.image, "prompt": rec.conversations[0].value,
                  "reference": rec.conversations[1].value, "generation": text.strip()}
-                for rec, text in zip(self.records, texts, strict=True)]
+                for (rec, _), text in zip(self.examples, texts, strict=True)]
 
     @rank_zero_only
     def _log_table(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> None:

@@ -1,0 +1,360 @@
+"""Conversion between lmm's LlavaModel and Hugging Face `LlavaForConditionalGeneration` folders (spec §7).
+
+Why both directions: exporting lets the trained model run wherever transformers runs (and lets the parity tests prove
+that lmm computes what HF computes); importing lets lmm evaluate or fine-tune released llava-hf checkpoints.
+
+Usage: `python -m lmm.export <lmm model folder (with lmm_model.json)> <out_dir> [--image-processor SRC]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import AddedToken
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaImageProcessorPil,
+    LlavaProcessor,
+    PretrainedConfig,
+)
+
+from lmm.constants import IMAGE_PLACEHOLDER
+from lmm.model.connector import Connector, LinearConnector, MLPConnector
+from lmm.model.encoder import VisionEncoder
+from lmm.model.llava import LlavaModel
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Prefixes of a LlavaForConditionalGeneration state dict: (vision tower, projector, language model body, lm_head).
+_NEW_LAYOUT = ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.", "lm_head.")
+_LEGACY_LAYOUT = ("vision_tower.", "multi_modal_projector.", "language_model.model.", "language_model.lm_head.")
+
+_STRATEGY_TO_FEATURE = {"default": "patch", "full": "cls_patch"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# HF → lmm
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of an HF checkpoint folder (single file or shards, safetensors or legacy .bin)."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        return state
+    files = sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
+    state = {}
+    for f in files:
+        state.update(torch.load(f, map_location="cpu", weights_only=True))
+    return state
+
+
+def split_llava_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], ...]:
+    """Split a Llava state dict (new or legacy key layout) into (vision tower, projector, LM body, lm_head) parts.
+
+    The returned keys are relative to each part, e.g. `vision_model.encoder...`, `linear_1.weight`, `layers.0...`,
+    `weight`. Both layouts exist in the wild (spec §7.2), so a checkpoint of either kind is accepted.
+    """
+    layout = _NEW_LAYOUT if any(k.startswith(_NEW_LAYOUT[0]) for k in state) else _LEGACY_LAYOUT
+    parts: tuple[dict[str, torch.Tensor], ...] = ({}, {}, {}, {})
+    for key, value in state.items():
+        for prefix, part in zip(layout, parts, strict=True):
+            if key.startswith(prefix):
+                part[key[len(prefix):]] = value
+                break
+    if not parts[0] or not parts[1] or not parts[2]:
+        raise ValueError("not a Llava state dict: vision tower, projector or language model weights are missing")
+    return parts
+
+
+def _build(factory: Any, config: PretrainedConfig, dtype: torch.dtype, attn_implementation: str | None) -> nn.Module:
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return factory.from_config(config, **kwargs)
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{what}: missing keys {missing[:5]}..., unexpected keys {unexpected[:5]}... "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected)")
+
+
+def _connector_from_projector(config: LlavaConfig, proj: dict[str, torch.Tensor], in_dim: int,
+                              out_dim: int) -> Connector:
+    """HF projector weights → MLPConnector (gelu), or LinearConnector (act "linear" with an identity linear_2)."""
+    if not config.multimodal_projector_bias:
+        raise NotImplementedError("a projector without biases has no lmm connector")
+    act = config.projector_hidden_act
+    if act == "gelu":
+        connector: Connector = MLPConnector(in_dim, out_dim, depth=2)
+        connector.proj.load_state_dict({"0.weight": proj["linear_1.weight"], "0.bias": proj["linear_1.bias"],
+                                        "2.weight": proj["linear_2.weight"], "2.bias": proj["linear_2.bias"]})
+        return connector
+    if act == "linear":
+        w2, b2 = proj["linear_2.weight"], proj["linear_2.bias"]
+        if torch.equal(w2, torch.eye(out_dim, dtype=w2.dtype)) and not b2.any():
+            connector = LinearConnector(in_dim, out_dim)
+            connector.proj.load_state_dict({"weight": proj["linear_1.weight"], "bias": proj["linear_1.bias"]})
+            return connector
+        raise NotImplementedError("projector_hidden_act 'linear' with a non-identity linear_2 has no exact lmm "
+                                  "connector (folding the two layers would not be bit-exact)")
+    raise NotImplementedError(f"projector_hidden_act {act!r}: lmm's connectors use exact GELU or none")
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    """The checkpoint's tokenizer with lmm's conventions (right padding, a pad token), or None if it has none."""
+    if not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def from_hf_llava(path_or_model: str | Path | LlavaForConditionalGeneration, max_length: int = 2048,
+                  attn_implementation: str | None = None) -> tuple[LlavaModel, Any]:
+    """Load an HF Llava (a folder or an instance) as an lmm LlavaModel; returns (model, tokenizer or None).
+
+    The LLM keeps its full vocabulary, the HF image token's rows included (lmm never feeds that id: its
+    placeholder is IMAGE_TOKEN_INDEX). Weights are copied, so the lmm model never aliases an HF instance.
+    """
+    tokenizer = None
+    if isinstance(path_or_model, LlavaForConditionalGeneration):
+        config = path_or_model.config
+        state = path_or_model.state_dict()
+    else:
+        folder = Path(path_or_model)
+        config = AutoConfig.from_pretrained(str(folder))
+        if not isinstance(config, LlavaConfig):
+            raise ValueError(f"{folder} holds a {type(config).__name__}, not a LlavaConfig")
+        state = _read_state_dict(folder)
+        tokenizer = _load_tokenizer(folder)
+    vision_state, proj_state, lm_state, head_state = split_llava_state(state)
+
+    layer = config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise NotImplementedError(f"vision_feature_layer={layer!r}: lmm's encoder selects one layer")
+    strategy = config.vision_feature_select_strategy
+    if strategy not in _STRATEGY_TO_FEATURE:
+        raise NotImplementedError(f"vision_feature_select_strategy {strategy!r}")
+    dtype = next(v.dtype for v in lm_state.values() if v.is_floating_point())
+    vision_attn = attn_implementation or getattr(config.vision_config, "_attn_implementation", None)
+    text_attn = attn_implementation or getattr(config.text_config, "_attn_implementation", None)
+
+    tower = _build(AutoModel, config.vision_config, dtype, vision_attn)
+    _load_strict(tower, vision_state, "vision tower")
+    encoder = VisionEncoder(tower, select_layer=layer, select_feature=_STRATEGY_TO_FEATURE[strategy])
+    if strategy == "default" and not encoder.has_cls_token:
+        raise NotImplementedError("strategy 'default' drops the first token, but this tower has no CLS token")
+
+    text_config = copy.deepcopy(config.text_config)
+    tied = bool(config.tie_word_embeddings or getattr(text_config, "tie_word_embeddings", False))
+    text_config.tie_word_embeddings = tied
+    llm = _build(AutoModelForCausalLM, text_config, dtype, text_attn)
+    llm_state = {f"{llm.base_model_prefix}.{k}": v for k, v in lm_state.items()}
+    head_name = next(n for n, m in llm.named_modules() if m is llm.get_output_embeddings())
+    if not head_state and tied:
+        head_state = {"weight": lm_state["embed_tokens.weight"]}
+    llm_state.update({f"{head_name}.{k}": v for k, v in head_state.items()})
+    _load_strict(llm, llm_state, "language model")
+    llm.config.use_cache = False  # lmm's training default; generate turns the cache on
+    if llm.generation_config.pad_token_id is None and getattr(config, "pad_token_id", None) is not None:
+        llm.generation_config.pad_token_id = config.pad_token_id  # llava-hf keeps the pad id on the outer config
+
+    connector = _connector_from_projector(config, proj_state, encoder.hidden_size, text_config.hidden_size)
+    connector.to(dtype)
+    model = LlavaModel(encoder, connector, llm, max_length=max_length)
+    if model.num_visual_tokens != config.image_seq_length:
+        # Not fatal: HF counts the image tokens in input_ids, image_seq_length only informs processors.
+        warnings.warn(f"image_seq_length={config.image_seq_length} but the model emits {model.num_visual_tokens} "
+                      "visual tokens", stacklevel=2)
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# lmm → HF
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _projector_state(connector: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
+    """(projector_hidden_act, linear_1/linear_2 weights) for a connector that HF's projector can express."""
+    if isinstance(connector, MLPConnector):
+        layers = list(connector.proj)
+        linears = [m for m in layers if isinstance(m, nn.Linear)]
+        if len(linears) == 2:
+            return "gelu", {"linear_1.weight": linears[0].weight, "linear_1.bias": linears[0].bias,
+                            "linear_2.weight": linears[1].weight, "linear_2.bias": linears[1].bias}
+        if len(linears) == 1:
+            linear = linears[0]
+        else:
+            raise NotImplementedError(f"MLPConnector with {len(linears)} linear layers: HF's projector has two")
+    elif isinstance(connector, LinearConnector):
+        linear = connector.proj
+    else:
+        raise NotImplementedError(f"{type(connector).__name__} has no Hugging Face Llava equivalent; only "
+                                  "LinearConnector and 2-layer MLPConnector (mlp2x_gelu) can be exported")
+    # Spec §7.3: a single Linear is exactly linear_1 → identity activation → identity linear_2 with zero bias.
+    eye = torch.eye(linear.out_features, dtype=linear.weight.dtype)
+    return "linear", {"linear_1.weight": linear.weight, "linear_1.bias": linear.bias,
+                      "linear_2.weight": eye, "linear_2.bias": torch.zeros(linear.out_features, dtype=eye.dtype)}
+
+
+def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """Append rows equal to the mean row (the new token ids are never predicted in lmm's outputs anyway)."""
+    if rows <= weight.shape[0]:
+        return weight
+    extra = weight.float().mean(0, keepdim=True).to(weight.dtype).expand(rows - weight.shape[0], -1)
+    return torch.cat([weight, extra])
+
+
+def _image_processor(source: Any, image_size: int, pad_to_square: bool) -> LlavaImageProcessorPil:
+    """A LlavaImageProcessor (PIL backend) with the source's resize/crop/normalisation and LLaVA's square padding."""
+    if source is None:
+        settings: dict[str, Any] = {"size": {"shortest_edge": image_size},
+                                    "crop_size": {"height": image_size, "width": image_size},
+                                    "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "resample": 3}
+    else:
+        proc = source if hasattr(source, "to_dict") else AutoImageProcessor.from_pretrained(str(source))
+        d = proc.to_dict()
+        settings = {k: d[k] for k in ("size", "crop_size", "image_mean", "image_std", "resample", "do_center_crop",
+                                      "rescale_factor") if d.get(k) is not None}
+    crop = settings.get("crop_size") or {"height": image_size, "width": image_size}
+    if (crop.get("height"), crop.get("width")) != (image_size, image_size):
+        raise ValueError(f"image processor crops to {crop}, but the vision tower takes {image_size}px images")
+    return LlavaImageProcessorPil(do_pad=pad_to_square, **settings)
+
+
+def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, image_processor_source: Any = None,
+                    pad_to_square: bool = True, pad_vocab_to_multiple_of: int | None = None,
+                    chat_template: str | None = None) -> Path:
+    """Write an HF Llava folder (weights, config, tokenizer, processor) that reproduces lmm's outputs.
+
+    `<image>` becomes a special token of a copy of the tokenizer (which pads on the left, for batched generation);
+    the LLM's embedding and lm_head grow to cover it (new rows = mean row). `image_processor_source` (a folder/hub
+    id or an image-processor instance, e.g. the encoder's) gives resize/normalisation settings; `pad_to_square`
+    turns on LLaVA-1.5's mean-colour padding. The lmm model and tokenizer themselves are not modified.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    act, proj_state = _projector_state(model.connector)
+    encoder, llm = model.encoder, model.llm
+
+    tok = copy.deepcopy(tokenizer)
+    if IMAGE_PLACEHOLDER not in tok.get_vocab():
+        tok.add_tokens([AddedToken(IMAGE_PLACEHOLDER, special=True, normalized=False)], special_tokens=True)
+    image_token_id = tok.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
+    tok.padding_side = "left"  # the export is for inference: batched HF generation wants left padding
+
+    old_vocab = llm.get_input_embeddings().weight.shape[0]
+    vocab = max(old_vocab, len(tok), image_token_id + 1)
+    if pad_vocab_to_multiple_of:
+        vocab = -(-vocab // pad_vocab_to_multiple_of) * pad_vocab_to_multiple_of
+
+    text_config = copy.deepcopy(llm.config)
+    text_config.vocab_size = vocab
+    text_config.use_cache = True
+    if tok.pad_token_id is not None:
+        text_config.pad_token_id = tok.pad_token_id
+    tied = bool(getattr(text_config, "tie_word_embeddings", False))
+    keep_cls = encoder.select_feature == "cls_patch" or not encoder.has_cls_token
+    dtype = llm.get_input_embeddings().weight.dtype
+    config = LlavaConfig(vision_config=copy.deepcopy(encoder.tower.config).to_dict(),
+                         text_config=text_config.to_dict(), image_token_index=image_token_id,
+                         image_seq_length=model.num_visual_tokens, projector_hidden_act=act,
+                         vision_feature_select_strategy="full" if keep_cls else "default",
+                         vision_feature_layer=encoder.select_layer, multimodal_projector_bias=True,
+                         tie_word_embeddings=tied, pad_token_id=text_config.pad_token_id)
+    config.dtype = dtype
+
+    state: dict[str, torch.Tensor] = {}
+    state.update({f"model.vision_tower.{k}": v for k, v in encoder.tower.state_dict().items()})
+    state.update({f"model.multi_modal_projector.{k}": v.to(dtype) for k, v in proj_state.items()})
+    body = getattr(llm, llm.base_model_prefix)
+    state.update({f"model.language_model.{k}": v for k, v in body.state_dict().items()})
+    embed_key = "model.language_model." + next(n for n, m in body.named_modules() if m is body.get_input_embeddings())
+    state[f"{embed_key}.weight"] = _grow_rows(state[f"{embed_key}.weight"], vocab)
+    if not tied:
+        state["lm_head.weight"] = _grow_rows(llm.get_output_embeddings().weight, vocab)
+
+    with torch.device("meta"):
+        hf = LlavaForConditionalGeneration(config)
+    missing, unexpected = hf.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"export: missing {missing}, unexpected {unexpected}")
+    if tied:
+        hf.tie_weights()
+    hf.generation_config.bos_token_id = tok.bos_token_id
+    hf.generation_config.eos_token_id = llm.generation_config.eos_token_id
+    hf.generation_config.pad_token_id = tok.pad_token_id
+    hf.save_pretrained(str(out))
+
+    processor = LlavaProcessor(image_processor=_image_processor(image_processor_source, encoder.image_size,
+                                                                pad_to_square),
+                               tokenizer=tok, patch_size=encoder.tower.config.patch_size,
+                               vision_feature_select_strategy=config.vision_feature_select_strategy,
+                               chat_template=chat_template, image_token=IMAGE_PLACEHOLDER,
+                               num_additional_image_tokens=int(encoder.has_cls_token))
+    processor.save_pretrained(str(out))
+    # transformers 5 keeps the image processor inside processor_config.json; a separate preprocessor_config.json
+    # also serves AutoImageProcessor, older transformers and lmm's own ImageTransform.from_pretrained.
+    processor.image_processor.save_pretrained(str(out))
+    return out
+
+
+def _main(argv: list[str] | None = None) -> None:
+    from lmm.model.io import load_lmm_model
+
+    parser = argparse.ArgumentParser(prog="python -m lmm.export", description=__doc__.splitlines()[0])
+    parser.add_argument("lmm_model", help="folder written by lmm.model.io.save_lmm_model (holds lmm_model.json)")
+    parser.add_argument("out_dir", help="where to write the Hugging Face Llava folder")
+    parser.add_argument("--image-processor", default=None,
+                        help="folder or hub id of the image processor (default: the model's encoder/ folder if it "
+                             "holds a preprocessor_config.json, else CLIP defaults at the tower's resolution)")
+    parser.add_argument("--no-pad", action="store_true", help="resize + centre-crop instead of LLaVA-1.5's square pad")
+    parser.add_argument("--pad-vocab-to-multiple-of", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    folder = Path(args.lmm_model)
+    model, tokenizer = load_lmm_model(folder)
+    source = args.image_processor
+    if source is None:
+        for candidate in (folder / "encoder", folder / "model" / "encoder"):
+            if (candidate / "preprocessor_config.json").exists():
+                source = str(candidate)
+                break
+    out = export_hf_llava(model, tokenizer, args.out_dir, image_processor_source=source,
+                          pad_to_square=not args.no_pad, pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of)
+    config = json.loads((out / "config.json").read_text())
+    print(f"[lmm.export] wrote {out}: image_token_index={config['image_token_index']} "
+          f"image_seq_length={config['image_seq_length']} projector_hidden_act={config['projector_hidden_act']}")
+
+
+if __name__ == "__main__":
+    _main()
