@@ -204,6 +204,7 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
     summary = {"stage": name, "dir": str(stage_dir), "global_step": trainer.global_step,
                "seconds": round(time.time() - started, 1), "micro_batch_size": micro,
                "accumulate_grad_batches": accumulate, "world_size": trainer.world_size,
+               "resumed_from": resume, "start_step": loss_record.start_step,
                "losses": loss_record.losses, **module.parameter_counts()}
     save_stage_outputs(module, stage_dir, tokenizer, cfg, name)
     if trainer.is_global_zero:

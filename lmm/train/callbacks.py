@@ -83,6 +83,10 @@ class LossRecord(L.Callback):
 
     def __init__(self, key: str) -> None:
         self.key, self.losses = key, []
+        self.start_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_step = trainer.global_step  # > 0 when the stage resumed from a checkpoint
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         value = trainer.callback_metrics.get(self.key)
