@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
@@ -35,11 +36,16 @@ from lmm.train.callbacks import LossRecord, SampleGenerations, Throughput
 from lmm.train.module import LlavaLitModule
 
 ALIGN_KEYS = ["model.encoder", "model.connector", "model.llm", "model.max_length", "input", "data.align",
-              "stage.align", "seed", "trainer.precision"]
+              "stage.align", "seed", "trainer.precision", "sharding"]
+
+
+def is_global_zero() -> bool:
+    """Rank 0 of the whole job, also before the Trainer exists (from RANK / SLURM_PROCID / LOCAL_RANK)."""
+    return rank_zero_only.rank == 0
 
 
 def log(msg: str) -> None:
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+    if is_global_zero():
         print(f"[lmm] {msg}", flush=True)
 
 
@@ -235,7 +241,8 @@ def save_stage_outputs(module: LlavaLitModule, stage_dir: Path, tokenizer: Any, 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job described by `cfg`; returns what it wrote into results.json."""
     run_dir = run_dir_of(cfg)
-    write_meta(cfg, run_dir)
+    if is_global_zero():
+        write_meta(cfg, run_dir)
     hf_logging.disable_progress_bar()  # weight-loading bars, once per stage, drown the training log
     for step in cfg.prepare or []:
         instantiate(step)
@@ -253,15 +260,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     summary = train_stage(cfg, "align", align_dir, run_dir, None)
                 results["stages"]["align"] = summary
                 link = run_dir / "align"
-                if cfg.reuse_align and not link.exists():
-                    link.symlink_to(align_dir, target_is_directory=True)
+                if cfg.reuse_align and not link.is_symlink() and not link.exists():
+                    with contextlib.suppress(FileExistsError):  # every rank of a distributed job gets here
+                        link.symlink_to(align_dir, target_is_directory=True)
                 init_connector = summary["connector"]
             if "instruct" in cfg.stages:
                 init = cfg.stage.instruct.get("init_connector_from") or init_connector
                 results["stages"]["instruct"] = train_stage(cfg, "instruct", run_dir / "instruct", run_dir, init)
         elif cfg.task != "eval":
             raise ValueError(f"task must be 'train' or 'eval', got {cfg.task!r}")
-        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        if is_global_zero():
             (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     finally:
         finish_wandb(run_dir)

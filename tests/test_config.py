@@ -44,7 +44,7 @@ def test_paper_preset_is_the_paper_recipe():
     assert (a.lr, a.global_batch_size, a.train, a.image_aspect) == (1e-3, 256, ["connector"], "crop")
     assert (i.lr, i.global_batch_size, i.train, i.image_aspect) == (2e-5, 128, ["connector", "llm"], "pad")
     assert a.warmup_ratio == i.warmup_ratio == 0.03 and a.weight_decay == i.weight_decay == 0.0
-    assert cfg.trainer.strategy._target_.endswith("ModelParallelStrategy")
+    assert cfg.trainer.strategy._target_.endswith("FSDP2Strategy")
     assert cfg.sharding.param_dtype == "bfloat16"
     assert cfg.data.instruct.sources[0].records.endswith("llava_v1_5_mix665k.json")
 

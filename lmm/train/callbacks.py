@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lmm.data.images import load_image
 from lmm.data.records import Record, resolve_image_path
+from lmm.train.sharding import gathered
 
 
 class SampleGenerations(L.Callback):
@@ -55,10 +56,14 @@ class SampleGenerations(L.Callback):
             input_ids[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
         was_training = model.training
         model.eval()
-        out = model.generate(input_ids.to(device), mask.to(device), torch.stack(images).to(device),
-                             max_new_tokens=self.max_new_tokens, do_sample=False,
-                             eos_token_id=self.template.stop_token_ids(self.tokenizer),
-                             pad_token_id=self.tokenizer.pad_token_id)
+        # trainer=fsdp: gather the root unit's weights (embeddings, head, connector); all ranks generate in lockstep
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized() and \
+            torch.distributed.get_world_size() > 1
+        with gathered(model):
+            out = model.generate(input_ids.to(device), mask.to(device), torch.stack(images).to(device),
+                                 max_new_tokens=self.max_new_tokens, do_sample=False,
+                                 eos_token_id=self.template.stop_token_ids(self.tokenizer),
+                                 pad_token_id=self.tokenizer.pad_token_id, synced_gpus=distributed)
         model.train(was_training)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         self._pil = pil_images

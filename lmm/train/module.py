@@ -11,6 +11,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from lmm.model.llava import LlavaModel
+from lmm.train.sharding import clean_name
 
 PARTS = ("encoder", "connector", "llm")
 
@@ -42,17 +43,21 @@ class LlavaLitModule(L.LightningModule):
             load_connector(self.model, init_connector_from)
         for part in PARTS:
             getattr(self.model, part).requires_grad_(part in self.train_parts)
-        if gradient_checkpointing:
-            self.model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if part in self.train_parts:
+                keep_fp32(getattr(self.model, part))
+        if gradient_checkpointing and not getattr(fsdp, "activation_checkpointing", False):
+            enable_hf_checkpointing(self.model.llm)  # under trainer=fsdp the sharding plan checkpoints instead
         self._tokens = torch.zeros((), dtype=torch.long)
         self._loss_sum = torch.zeros(())
         self.strict_loading = False  # checkpoints hold only the trainable weights; the frozen ones come from config
+        self._sharded = False
 
     # ----------------------------------------------------------------------------------------------------- setup
     def configure_model(self) -> None:
-        """Shard with FSDP2 when the strategy provides a device mesh (trainer=fsdp)."""
-        if self.fsdp is not None and getattr(self, "_device_mesh", None) is not None:
+        """Shard with FSDP2 when the strategy provides a device mesh (trainer=fsdp); once, however often called."""
+        if self.fsdp is not None and getattr(self, "_device_mesh", None) is not None and not self._sharded:
             self.fsdp(self.model, self.device_mesh)
+            self._sharded = True
 
     def parameter_counts(self) -> dict[str, int]:
         counts = {}
@@ -97,11 +102,12 @@ class LlavaLitModule(L.LightningModule):
         tokens = strategy.reduce(self._tokens.clone().float(), reduce_op="sum")
         loss_sum = strategy.reduce(self._loss_sum.clone(), reduce_op="sum")
         accumulate = self.trainer.accumulate_grad_batches
-        scale = accumulate * self.trainer.world_size / tokens.clamp(min=1.0)
+        # A Python number: under FSDP2 the gradients are DTensors (shards), which refuse plain-tensor operands.
+        scale = float(accumulate * self.trainer.world_size / tokens.clamp(min=1.0))
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    p.grad.mul_(scale.to(p.grad.device))
+                    p.grad.mul_(scale)
         self.log(f"{self.stage_name}/loss", loss_sum / tokens.clamp(min=1.0), on_step=True, prog_bar=True, batch_size=1,
                  rank_zero_only=True)
         self.log(f"{self.stage_name}/supervised_tokens", tokens, on_step=True, batch_size=1, rank_zero_only=True)
@@ -110,11 +116,32 @@ class LlavaLitModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable weights: an align checkpoint is the connector, not a copy of the 7B LLM."""
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        """Keep only trainable weights: an align checkpoint is the connector, not a copy of the 7B LLM.
+
+        Parameter names go through `clean_name`: activation-checkpoint wrappers (trainer=fsdp) add a prefix to
+        them that state-dict keys (also ModelParallelStrategy's sharded ones) do not have.
+        """
+        trainable = {f"model.{clean_name(n)}" for n, p in self.model.named_parameters() if p.requires_grad}
         state = checkpoint.get("state_dict")
         if state is not None:
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
+
+
+def keep_fp32(part: torch.nn.Module) -> None:
+    """Trained weights are the optimizer's fp32 master copy, whatever dtype the checkpoint was stored in (Hugging
+    Face loads e.g. Vicuna in fp16 unless told otherwise). Lower-precision compute comes from the trainer's precision
+    or, under trainer=fsdp, from FSDP2's MixedPrecisionPolicy; frozen parts keep their dtype."""
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in part.parameters()):
+        part.float()
+
+
+def enable_hf_checkpointing(llm: torch.nn.Module) -> None:
+    """Non-reentrant activation checkpointing of a Hugging Face model's layers (transformers 4.x and 5.x names)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(llm, "activation_checkpointing_enable"):
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def load_connector(model: LlavaModel, path: str) -> None:
