@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
 from lmm.config import fingerprint, new_run_id
+from lmm.data.accounting import DataAccounting
 from lmm.data.images import ImageTransform
 from lmm.model.llava import LlavaModel
 from lmm.train.callbacks import LossRecord, SampleGenerations, Throughput
@@ -189,7 +190,8 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
         ModelCheckpoint(dirpath=stage_dir / "checkpoints", every_n_train_steps=scfg.checkpoint_every_n_steps,
                         save_top_k=0, save_last=True),
         LearningRateMonitor(logging_interval="step"), loss_record,
-        Throughput(name, model.num_visual_tokens, every_n_steps=cfg.trainer.get("log_every_n_steps", 5))]
+        Throughput(name, model.num_visual_tokens, every_n_steps=cfg.trainer.get("log_every_n_steps", 5)),
+        DataAccounting(name, log_every_n_steps=cfg.trainer.get("log_every_n_steps", 5))]
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=scfg.max_epochs, max_steps=scfg.max_steps,
                                      callbacks=callbacks, logger=make_loggers(cfg, run_dir, name) or False,
                                      default_root_dir=str(stage_dir))
@@ -197,7 +199,8 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
     trainer.accumulate_grad_batches = accumulate
     datamodule = instantiate(cfg.data[name])(template=template, tokenizer=tokenizer, image_transform=transform,
                                              max_text_length=model.max_length - model.num_visual_tokens + 1,
-                                             micro_batch_size=micro, seed=cfg.seed)
+                                             micro_batch_size=micro, seed=cfg.seed, output_dir=str(stage_dir),
+                                             visual_tokens=model.num_visual_tokens)
     if cfg.num_sample_generations:
         trainer.callbacks.append(SampleGenerations(datamodule.example_records(cfg.num_sample_generations), template,
                                                    tokenizer, transform, run_dir / "samples" / f"{name}.jsonl", name))
@@ -237,6 +240,16 @@ def save_stage_outputs(module: LlavaLitModule, stage_dir: Path, tokenizer: Any, 
                    connector_only=(name == "align"))
 
 
+def eval_stage(cfg: DictConfig, run_dir: Path, checkpoint: str | Path) -> dict:
+    """Evaluate a saved model (lmm run/model folder or Hugging Face Llava folder) on the suite `cfg.eval`."""
+    from lmm.eval.runner import evaluate, load_checkpoint
+
+    loaded = load_checkpoint(checkpoint)
+    loggers = [lg for lg in make_loggers(cfg, run_dir, "eval") if isinstance(lg, WandbLogger)]
+    return evaluate(cfg, loaded.model, loaded.tokenizer, run_dir, loggers=loggers,
+                    image_processor=loaded.image_processor, model_id=loaded.model_id)
+
+
 # ------------------------------------------------------------------------------------------------------------- run
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job described by `cfg`; returns what it wrote into results.json."""
@@ -267,7 +280,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if "instruct" in cfg.stages:
                 init = cfg.stage.instruct.get("init_connector_from") or init_connector
                 results["stages"]["instruct"] = train_stage(cfg, "instruct", run_dir / "instruct", run_dir, init)
-        elif cfg.task != "eval":
+                if cfg.get("eval") and cfg.eval.get("benchmarks"):
+                    results["eval"] = eval_stage(cfg, run_dir, results["stages"]["instruct"]["model"])
+        elif cfg.task == "eval":
+            if not cfg.checkpoint:
+                raise ValueError("task=eval needs checkpoint=<lmm run folder, model folder or Hugging Face Llava "
+                                 "folder>")
+            results["eval"] = eval_stage(cfg, run_dir, cfg.checkpoint)
+        else:
             raise ValueError(f"task must be 'train' or 'eval', got {cfg.task!r}")
         if is_global_zero():
             (run_dir / "results.json").write_text(json.dumps(results, indent=2))

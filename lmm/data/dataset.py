@@ -1,9 +1,14 @@
-"""A LLaVA-format dataset: records → (input_ids, labels, pixels), templated and masked on the fly."""
+"""From a stored sample to a training sample: format prompt, template, masking, image decode and transform, checks.
+
+Every way a sample can be unusable ends here as a SampleError naming the file, the record id and the reason (strict
+mode) or as a `Rejected` marker that the collator drops and counts, after its line went to the rejects file
+(lenient mode). Nothing is dropped without a trace.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
+import io
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -11,44 +16,114 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lmm.constants import IGNORE_INDEX
-from lmm.data.images import load_image
-from lmm.data.records import Record, load_records, resolve_image_path, validate_record
-from lmm.data.templates import truncate
+from lmm.data.formats import FormatPrompt
+from lmm.data.images import ImageError
+from lmm.data.records import Record, parse_record, record_problem
+from lmm.data.shards import ON_ERROR, RejectLog, SampleError, ShardReader, _kind
+from lmm.data.templates import TokenizationMismatch, truncate
+
+REJECTED = "rejected"
 
 
-class LlavaDataset(Dataset):
-    """Map-style dataset over one LLaVA-format file; images are read lazily, per item, as LLaVA does."""
+class SampleBuilder:
+    """Turns (record, image bytes) into the tensors of one sample; raises SampleError or returns a Rejected dict.
 
-    def __init__(self, records: str | Path, image_root: str | Path | None, template: Any,
-                 tokenizer: PreTrainedTokenizerBase, image_transform: Callable, max_text_length: int,
-                 name: str | None = None) -> None:
-        self.path = Path(records)
-        self.image_root = Path(image_root) if image_root is not None else self.path.parent
-        self.records: list[Record] = load_records(self.path)
-        for i, rec in enumerate(self.records):
-            validate_record(rec, source=self.path, index=i)
-        self.template, self.tokenizer = template, tokenizer
-        self.image_transform, self.max_text_length = image_transform, max_text_length
-        self.name = name or self.path.stem
+    `max_text_length` is the context left for text once the image's visual tokens are in: a longer sample is an
+    error (strict), a counted skip (lenient), or, with `truncate=True`, cut as LLaVA does (counted as truncated).
+    """
 
-    def __len__(self) -> int:
-        return len(self.records)
+    def __init__(self, template: Any, tokenizer: PreTrainedTokenizerBase, image_transform: Callable,
+                 max_text_length: int, on_error: str = "error", truncate: bool = False,
+                 rejects: RejectLog | None = None, text_only_extra: int = 0) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.template, self.tokenizer, self.image_transform = template, tokenizer, image_transform
+        self.max_text_length, self.on_error, self.truncate, self.rejects = max_text_length, on_error, truncate, rejects
+        self.text_only_extra = text_only_extra  # a text-only sample may also use the positions of the visual tokens
 
-    def image_size(self) -> int:
-        return self.image_transform.image_size
+    def build(self, rec: Record, image: bytes | None, fmt: FormatPrompt | None, source: str, where: str,
+              key: tuple[int, int] | None = None) -> dict[str, Any]:
+        try:
+            return self._build(rec, image, fmt, source, f"{where} (id {rec.id!r})")
+        except SampleError as e:
+            if self.on_error == "error":
+                raise
+            if self.rejects is not None:
+                self.rejects.write({"file": where, "id": rec.id, "source": source, "reason": e.reason,
+                                    "kind": e.kind, "stage": "load"})
+            return {REJECTED: True, "kind": e.kind, "source": source, "id": rec.id, "key": key}
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rec = self.records[index]
+    def _build(self, rec: Record, image: bytes | None, fmt: FormatPrompt | None, source: str,
+               where: str) -> dict[str, Any]:
+        turns = rec.conversations
+        if fmt is not None:
+            try:
+                turns = fmt(turns)
+            except ValueError as e:
+                raise SampleError(where, rec.id, str(e), "malformed conversation") from e
+        rec = Record(rec.id, rec.image, turns)
+        reason = record_problem(rec)
+        if reason is not None:
+            raise SampleError(where, rec.id, reason, _kind(reason))
         has_image = rec.image is not None
-        encoded = truncate(self.template.encode(rec.conversations, self.tokenizer, has_image=has_image),
-                           self.max_text_length)
+        try:
+            encoded = self.template.encode(rec.conversations, self.tokenizer, has_image=has_image)
+        except TokenizationMismatch as e:
+            raise SampleError(where, rec.id, str(e), "tokenization mismatch") from e
+        except ValueError as e:
+            raise SampleError(where, rec.id, f"template refuses the conversation: {e}", "malformed conversation") \
+                from e
+        truncated = False
+        limit = self.max_text_length + (0 if has_image else self.text_only_extra)
+        if len(encoded.input_ids) > limit:
+            if not self.truncate:
+                raise SampleError(where, rec.id, f"sample is longer than the context: {len(encoded.input_ids)} text "
+                                  f"tokens > {limit} (the model's max_length less the visual tokens)", "too long")
+            encoded, truncated = truncate(encoded, limit), True
         if has_image:
-            pixels = self.image_transform(load_image(resolve_image_path(self.image_root, rec.image)))
+            pixels = self.image_transform(decode_image(image, where, rec.image))
         else:  # text-only samples carry a blank image so every batch has pixels (see LlavaModel.splice)
             size = self.image_transform.image_size
             pixels = torch.zeros(3, size, size)
-        return {"id": rec.id, "input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels),
-                "image": pixels, "has_image": has_image, "source": self.name}
+        labels = torch.tensor(encoded.labels)
+        return {"id": rec.id, "input_ids": torch.tensor(encoded.input_ids), "labels": labels, "image": pixels,
+                "has_image": has_image, "source": source, "truncated": truncated}
+
+
+def decode_image(data: bytes | None, where: str, rel: str | None) -> Any:
+    """Decode stored image bytes to RGB, turning every failure into a SampleError naming file, record and image."""
+    from PIL import Image
+
+    if not data:
+        raise SampleError(where, None, f"image {rel!r}: no image bytes stored", "corrupt image")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, ImageError) as e:
+        raise SampleError(where, None, f"image {rel!r} cannot be decoded: {e}", "corrupt image") from e
+
+
+class MixtureDataset(Dataset):
+    """Map-style view of several converted sources; an item key is (source number, sample number in the source)."""
+
+    def __init__(self, readers: Sequence[ShardReader], names: Sequence[str], formats: Sequence[FormatPrompt | None],
+                 builder: SampleBuilder) -> None:
+        self.readers, self.names, self.formats, self.builder = list(readers), list(names), list(formats), builder
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.readers)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        s, i = int(key[0]), int(key[1])
+        reader = self.readers[s]
+        where = f"{reader.index['source']['records']} [{reader.shard_file(i)}, sample {i}]"
+        raw, image = reader.read(i)
+        try:
+            rec = parse_record(raw, where, i)
+        except ValueError as e:
+            raise SampleError(where, raw.get("id"), str(e), "invalid record") from e
+        return self.builder.build(rec, image, self.formats[s], self.names[s], where, key=(s, i))
 
 
 def collate(samples: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
@@ -64,4 +139,42 @@ def collate(samples: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
     return {"ids": [s["id"] for s in samples], "sources": [s["source"] for s in samples],
             "input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
             "images": torch.stack([s["image"] for s in samples]),
-            "has_image": torch.tensor([s["has_image"] for s in samples])}
+            "has_image": torch.tensor([s["has_image"] for s in samples]),
+            "sample_tokens": torch.tensor([int((s["labels"] != IGNORE_INDEX).sum()) for s in samples])}
+
+
+class Collator:
+    """Drops and counts rejected samples, then pads (or packs) the rest; reports the padding of the micro-batch.
+
+    Padding is counted in model positions: an image placeholder stands for `visual_tokens` positions. A micro-batch
+    whose samples were all rejected becomes one 1-token row without loss, so every rank still takes its step.
+    """
+
+    def __init__(self, pad_token_id: int, image_size: int, visual_tokens: int = 1, pack_length: int | None = None):
+        self.pad_token_id, self.image_size, self.visual_tokens = pad_token_id, image_size, visual_tokens
+        self.pack_length = pack_length
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        kept = [x for x in items if not x.get(REJECTED)]
+        rejected = [x["kind"] for x in items if x.get(REJECTED)]
+        if not kept:
+            kept = [{"id": "", "source": "", "input_ids": torch.tensor([self.pad_token_id]),
+                     "labels": torch.tensor([IGNORE_INDEX]), "has_image": False, "truncated": False,
+                     "image": torch.zeros(3, self.image_size, self.image_size)}]
+        if self.pack_length:
+            from lmm.data.packing import pack
+
+            batch = pack(kept, self.pad_token_id, self.pack_length, self.visual_tokens)
+        else:
+            batch = collate(kept, self.pad_token_id)
+            cost = [len(s["input_ids"]) + (self.visual_tokens - 1) * bool(s["has_image"]) for s in kept]
+            batch["positions"] = torch.tensor([len(cost) * max(cost), sum(cost)])
+        batch["rejected"] = rejected
+        batch["truncated"] = torch.tensor([bool(s.get("truncated")) for s in kept])
+        return batch
+
+
+def padding_fraction(batch: dict[str, Any]) -> float:
+    """Share of the micro-batch's model positions that are padding."""
+    total, real = (int(x) for x in batch["positions"])
+    return (total - real) / max(total, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,8 @@ def resolve_image_path(image_root: str | os.PathLike, rel: str) -> Path:
     return Path(full)
 
 
-def _problem(rec: Record, image_root: str | os.PathLike) -> str | None:
-    """The first reason the record is unusable, or None."""
+def record_problem(rec: Record, image_root: str | os.PathLike = ".") -> str | None:
+    """The first reason the record is unusable (structure, placeholders, image path), or None when it is fine."""
     convs = rec.conversations
     if not convs:
         return "missing or empty 'conversations'"
@@ -139,7 +140,64 @@ def validate_record(
     rec: Record, source: Any = "<memory>", index: int | None = None, image_root: str | os.PathLike = "."
 ) -> Record:
     """Check a record's structure (roles, placeholders, image path) and return it; raise RecordError otherwise."""
-    reason = _problem(rec, image_root)
+    reason = record_problem(rec, image_root)
     if reason is not None:
         raise RecordError(f"{_where(source, index, rec.id)}: {reason}")
     return rec
+
+
+def iter_raw_records(path: str | os.PathLike, chunk_chars: int = 1 << 20) -> Iterator[tuple[int, Any, int]]:
+    """Stream (index, decoded JSON object, characters consumed so far) from a JSON list or JSONL file.
+
+    The 665K mixture is a ~1 GB JSON list: this decodes one object at a time from a bounded buffer, so converting
+    or carving it never holds the whole file (json.load does). The third value drives progress bars.
+    """
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8-sig") as fh:
+        buf, pos, consumed, lines, index = fh.read(chunk_chars), 0, 0, 0, 0
+        eof = len(buf) < chunk_chars
+
+        def fill() -> None:
+            nonlocal buf, pos, consumed, lines, eof
+            if not eof:
+                more = fh.read(chunk_chars)
+                eof = len(more) < chunk_chars
+                consumed += pos
+                lines += buf.count("\n", 0, pos)
+                buf, pos = buf[pos:] + more, 0
+
+        def skip(chars: str) -> None:
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in chars:
+                    pos += 1
+                if pos < len(buf) or eof:
+                    return
+                fill()
+
+        skip(" \t\r\n")
+        is_list = buf[pos:pos + 1] == "["
+        if is_list:
+            pos += 1
+        while True:
+            skip(" \t\r\n," if is_list else " \t\r\n")
+            if pos >= len(buf):
+                if is_list:
+                    raise RecordError(f"{path}: unterminated JSON list")
+                return
+            if is_list and buf[pos] == "]":
+                return
+            while True:
+                try:
+                    obj, end = decoder.raw_decode(buf, pos)
+                    if end == len(buf) and not eof:  # a number or literal may continue in the next chunk
+                        raise json.JSONDecodeError("split", buf, end)
+                    break
+                except json.JSONDecodeError as e:
+                    if eof:
+                        line = lines + buf.count("\n", 0, e.pos) + 1
+                        raise RecordError(f"{path}: line {line}: record {index}: invalid JSON ({e.msg})") from e
+                    fill()
+            pos = end
+            yield index, obj, consumed + pos
+            index += 1

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from lmm.data.packing import packed_forward
 from lmm.model.llava import LlavaModel
 from lmm.train.sharding import clean_name
 
@@ -90,11 +91,16 @@ class LlavaLitModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits, spliced = self.model(batch["input_ids"], batch["attention_mask"], batch["images"], batch["labels"])
-        loss_sum, tokens = self.model.token_loss(logits, spliced.labels)
+        if batch.get("packed"):  # several samples per row (data.<stage>.pack=true): see lmm/data/packing.py
+            logits, labels = packed_forward(self.model, batch)
+        else:
+            logits, spliced = self.model(batch["input_ids"], batch["attention_mask"], batch["images"],
+                                         batch["labels"])
+            labels = spliced.labels
+        loss_sum, tokens = self.model.token_loss(logits, labels)
         self._tokens = self._tokens.to(tokens.device) + tokens
         self._loss_sum = self._loss_sum.to(loss_sum.device) + loss_sum.detach().float()
-        self.log(f"{self.stage_name}/seq_len", float(spliced.attention_mask.shape[1]), on_step=True, batch_size=1)
+        self.log(f"{self.stage_name}/seq_len", float(logits.shape[1]), on_step=True, batch_size=1)
         return loss_sum
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -34,7 +34,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-BUILD_VERSION = 1  # bump when what is built changes, so stale caches are rebuilt
+BUILD_VERSION = 2  # bump when what is built changes, so stale caches are rebuilt
 
 
 def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 1024) -> PreTrainedTokenizerFast:

@@ -1,0 +1,114 @@
+"""What the model actually saw: samples and supervised tokens per source, rejects, truncations and padding.
+
+A mixture's weights say what was asked for; this callback logs what was delivered, summed over all ranks at every
+optimizer step, under `<stage>/data/<source>/samples` and `<stage>/data/<source>/supervised_tokens` (cumulative),
+`<stage>/data/rejected`, `<stage>/data/truncated` (cumulative) and `<stage>/data/pad_fraction` (over the logging
+window). The totals are part of the checkpoint, so a resumed run keeps counting where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+
+
+class DataAccounting(L.Callback):
+    """Counts per source from the batches' `sources` and `sample_tokens` (supervised tokens: labels != -100)."""
+
+    def __init__(self, stage: str, sources: Sequence[str] | None = None, log_every_n_steps: int = 5) -> None:
+        self.stage, self.every = stage, max(1, int(log_every_n_steps))
+        self.sources = list(sources) if sources is not None else None
+        self.totals: torch.Tensor | None = None  # [S + 1, 2]: per source (samples, tokens); last row: rejected, trunc.
+        self._pending: torch.Tensor | None = None
+        self._positions = torch.zeros(2, dtype=torch.float64)  # (all positions, real positions) since the last log
+        self._loaded: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return f"DataAccounting[{self.stage}]"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.sources is None:
+            self.sources = list(getattr(trainer.datamodule, "source_names", None) or [])
+        self._index = {name: i for i, name in enumerate(self.sources)}
+        if self.totals is None:
+            self.totals = torch.zeros(len(self.sources) + 1, 2, dtype=torch.float64)
+        self._pending = torch.zeros_like(self.totals)
+        if self._loaded is not None:
+            self._restore(self._loaded)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._pending is None:
+            self.setup(trainer, pl_module, "fit")
+        tokens = batch["sample_tokens"].tolist() if "sample_tokens" in batch else [0] * len(batch["sources"])
+        for source, n in zip(batch["sources"], tokens, strict=True):
+            i = self._index.get(source)
+            if i is None:  # the filler row of an all-rejected micro-batch, or an unknown source
+                continue
+            self._pending[i, 0] += 1
+            self._pending[i, 1] += n
+        self._pending[-1, 0] += len(batch.get("rejected", []))
+        if "truncated" in batch:
+            self._pending[-1, 1] += int(torch.as_tensor(batch["truncated"]).sum())
+        if "positions" in batch:
+            self._positions += torch.as_tensor(batch["positions"], dtype=torch.float64).cpu()
+        step_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or \
+            batch_idx + 1 == trainer.num_training_batches
+        if not step_done:
+            return
+        pending = self._pending.to(pl_module.device)
+        reduced = trainer.strategy.reduce(pending, reduce_op="sum") if trainer.world_size > 1 else pending
+        self.totals += reduced.cpu()
+        self._pending.zero_()
+        if trainer.global_step % self.every == 0:
+            self._log(trainer, pl_module)
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        positions = self._positions.to(pl_module.device)
+        if trainer.world_size > 1:
+            positions = trainer.strategy.reduce(positions, reduce_op="sum")
+        metrics = self.metrics()
+        total, real = float(positions[0]), float(positions[1])
+        if total > 0:
+            metrics[f"{self.stage}/data/pad_fraction"] = (total - real) / total
+        self._positions.zero_()
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1, rank_zero_only=True)
+
+    def metrics(self) -> dict[str, float]:
+        """The cumulative counts as metric names and values (what is logged; also handy for summaries)."""
+        out: dict[str, float] = {}
+        if self.totals is None:
+            return out
+        all_samples = float(self.totals[:-1, 0].sum())
+        for name, i in self._index.items():
+            out[f"{self.stage}/data/{name}/samples"] = float(self.totals[i, 0])
+            out[f"{self.stage}/data/{name}/supervised_tokens"] = float(self.totals[i, 1])
+            out[f"{self.stage}/data/{name}/share"] = float(self.totals[i, 0]) / max(all_samples, 1.0)
+        out[f"{self.stage}/data/rejected"] = float(self.totals[-1, 0])
+        out[f"{self.stage}/data/truncated"] = float(self.totals[-1, 1])
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.totals is None:
+            return {}
+        return {"sources": list(self.sources or []), "totals": self.totals.tolist()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        self._loaded = state_dict
+        if self.totals is not None:
+            self._restore(state_dict)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Totals by source name, so a source added to the mixture starts at zero rather than misaligned."""
+        saved = dict(zip(state["sources"], state["totals"][:-1], strict=True))
+        for name, i in self._index.items():
+            if name in saved:
+                self.totals[i] = torch.tensor(saved[name], dtype=torch.float64)
+        self.totals[-1] = torch.tensor(state["totals"][-1], dtype=torch.float64)
+        self._loaded = None

@@ -1,0 +1,299 @@
+"""Weighted mixtures: which samples an epoch holds, in which order, on which rank, and where a resumed run goes on.
+
+The whole order is a pure function of (seed, epoch, sources, batching), computed in the main process of every rank:
+
+1. Each source is an endless stream: pass p over it is a permutation seeded by (seed, crc32(name), p). Epoch e
+   takes stream positions [e*c, (e+1)*c) where c is the source's count per epoch (weight x num_samples, an
+   absolute count, or its size), so a subsampled source shows new samples every epoch and an upsampled one repeats
+   a sample only after all others; adding a source does not change the others' orders.
+2. The counts are interleaved by a seeded permutation of the multiset of source labels: exact proportions per
+   epoch, random locally.
+3. The epoch is cut into optimizer steps of micro x world x accumulate samples (the total is rounded down to whole
+   steps; the source streams carry the rest into the next epoch, so nothing is skipped). With
+   `group_by_modality_length` each step is single-modality and its micro-batches are length-balanced (LLaVA's
+   sampler, spec §5.4); the leftovers of both modalities form one final mixed step.
+4. Micro-batch j of a step goes to rank j % world: ranks never share a sample and all take the same number of
+   steps. Lightning's DistributedSampler is not involved (the loader is not a torch DataLoader).
+
+The loader (`MixtureLoader`) iterates the micro-batches of its rank from its position, through a torch DataLoader
+whose workers only load what the main process asks for, in order, so the position (micro-batches handed to the
+training loop) is the whole resume state; Lightning stores `state_dict()` in the checkpoint's loop state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass
+class SourceInfo:
+    """What the plan needs of a source: its name, size, and per-sample modality and length proxy."""
+
+    name: str
+    size: int
+    has_image: np.ndarray
+    lengths: np.ndarray
+
+
+def epoch_counts(sizes: Sequence[int], weights: Sequence[float | None] | None = None,
+                 counts: Sequence[int | None] | None = None, num_samples: int | None = None) -> list[int]:
+    """Samples per source per epoch: from weights (x num_samples, default the sources' total), absolute counts,
+    or the sources' sizes. Largest-remainder rounding keeps the total exact."""
+    n = len(sizes)
+    weights = list(weights) if weights is not None else [None] * n
+    counts = list(counts) if counts is not None else [None] * n
+    if any(w is not None for w in weights):
+        if any(w is None for w in weights) or any(c is not None for c in counts):
+            raise ValueError("give every source of a mixture a weight, or give counts (absolute samples per epoch)")
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+        total = int(num_samples) if num_samples is not None else int(sum(sizes))
+        return apportion(total, weights)
+    raw = [int(c) if c is not None else int(s) for c, s in zip(counts, sizes, strict=True)]
+    if num_samples is not None:
+        return apportion(int(num_samples), raw)
+    return raw
+
+
+def apportion(total: int, shares: Sequence[float]) -> list[int]:
+    """Split `total` in proportion to `shares` into integers summing to `total` (largest remainder)."""
+    s = float(sum(shares))
+    if total <= 0 or s <= 0:
+        return [0] * len(shares)
+    exact = [total * float(w) / s for w in shares]
+    out = [int(np.floor(x)) for x in exact]
+    for i in sorted(range(len(shares)), key=lambda k: (-(exact[k] - out[k]), k))[: total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in key])
+
+
+class MixturePlan:
+    """The deterministic order of an epoch's micro-batches over all ranks (see the module docstring)."""
+
+    def __init__(self, sources: Sequence[SourceInfo], counts: Sequence[int], seed: int, micro_batch_size: int,
+                 world_size: int = 1, accumulate: int = 1, group_by_modality_length: bool = False,
+                 shuffle: bool = True) -> None:
+        if len(sources) != len(counts):
+            raise ValueError("one count per source")
+        for src, c in zip(sources, counts, strict=True):
+            if c > 0 and src.size == 0:
+                raise ValueError(f"source {src.name!r} has no samples but is asked for {c} per epoch")
+        self.sources, self.seed, self.shuffle = list(sources), int(seed), shuffle
+        self.micro, self.world, self.accumulate = int(micro_batch_size), int(world_size), int(accumulate)
+        self.group = bool(group_by_modality_length)
+        self.step_samples = self.micro * self.world * self.accumulate
+        self.requested = [int(c) for c in counts]
+        total = sum(self.requested)
+        if total < self.step_samples:
+            raise ValueError(f"an epoch of {total} samples is less than one optimizer step "
+                             f"({self.micro} x {self.world} ranks x {self.accumulate} accumulation)")
+        self.counts = apportion(total // self.step_samples * self.step_samples, self.requested)
+        self.num_samples = sum(self.counts)
+        self.micro_batches_per_rank = self.num_samples // (self.micro * self.world)
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def fingerprint(self) -> str:
+        """A hash of everything the order depends on: a checkpoint's position only means something for the same."""
+        blob = json.dumps({"sources": [(s.name, s.size) for s in self.sources], "counts": self.counts,
+                           "seed": self.seed, "micro": self.micro, "world": self.world, "accumulate": self.accumulate,
+                           "group": self.group, "shuffle": self.shuffle})
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {"num_samples": self.num_samples, "requested": sum(self.requested), "step_samples": self.step_samples,
+                "steps": self.num_samples // self.step_samples, "micro_batches_per_rank": self.micro_batches_per_rank,
+                "counts": {s.name: c for s, c in zip(self.sources, self.counts, strict=True)},
+                "group_by_modality_length": self.group}
+
+    # ------------------------------------------------------------------------------------------------ order
+    def stream(self, s: int, start: int, count: int) -> np.ndarray:
+        """Positions [start, start + count) of source s's endless stream of shuffled passes."""
+        src = self.sources[s]
+        out, pos = [], start
+        while pos < start + count:
+            p, offset = divmod(pos, src.size)
+            take = min(src.size - offset, start + count - pos)
+            if self.shuffle:
+                perm = _rng(self.seed, zlib.crc32(src.name.encode()), p).permutation(src.size)
+            else:
+                perm = np.arange(src.size)
+            out.append(perm[offset:offset + take])
+            pos += take
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def epoch_samples(self, epoch: int) -> np.ndarray:
+        """The epoch's samples as an [N, 2] array of (source, index), interleaved."""
+        labels = np.repeat(np.arange(len(self.sources)), self.counts)
+        if self.shuffle:
+            labels = labels[_rng(self.seed, 0x4D495855, epoch).permutation(len(labels))]
+        keys = np.zeros((len(labels), 2), dtype=np.int64)
+        keys[:, 0] = labels
+        for s, c in enumerate(self.counts):
+            keys[labels == s, 1] = self.stream(s, epoch * c, c)
+        return keys
+
+    def epoch_micro_batches(self, epoch: int) -> np.ndarray:
+        """All ranks' micro-batches of the epoch, [num_micro, micro, 2], in global order (cached for one epoch)."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        keys = self.epoch_samples(epoch)
+        if self.group:
+            batches = self._grouped(keys, epoch)
+        else:
+            batches = keys.reshape(-1, self.micro, 2)
+        self._cache = (epoch, batches)
+        return batches
+
+    def rank_micro_batches(self, epoch: int, rank: int) -> np.ndarray:
+        """The micro-batches of one rank, in the order it trains on them."""
+        if not 0 <= rank < self.world:
+            raise ValueError(f"rank {rank} outside a world of {self.world}")
+        return self.epoch_micro_batches(epoch)[rank::self.world]
+
+    def _grouped(self, keys: np.ndarray, epoch: int) -> np.ndarray:
+        has_image = np.zeros(len(keys), dtype=bool)
+        lengths = np.zeros(len(keys), dtype=np.int64)
+        for s, src in enumerate(self.sources):
+            mine = keys[:, 0] == s
+            has_image[mine] = np.asarray(src.has_image)[keys[mine, 1]]
+            lengths[mine] = np.asarray(src.lengths)[keys[mine, 1]]
+        steps, leftovers = [], []
+        for modality in (True, False):
+            idx = np.flatnonzero(has_image == modality)
+            full = len(idx) // self.step_samples * self.step_samples
+            steps += list(idx[:full].reshape(-1, self.step_samples))
+            leftovers.append(idx[full:])
+        order = list(_rng(self.seed, 0x47525550, epoch).permutation(len(steps))) if self.shuffle else \
+            list(range(len(steps)))
+        steps = [steps[k] for k in order]
+        mixed = np.concatenate(leftovers)
+        if len(mixed):  # < 2 steps and a multiple of a step: exactly one mixed step, last (as LLaVA does)
+            steps.append(np.sort(mixed))
+        chunks = [self._balance(step, lengths) for step in steps]
+        return keys[np.concatenate(chunks)].reshape(-1, self.micro, 2)
+
+    def _balance(self, step: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Deal one step's samples, longest first, into micro-batches of equal count and similar total length."""
+        n_chunks = len(step) // self.micro
+        by_length = step[np.argsort(-lengths[step], kind="stable")]
+        heap = [(0, c) for c in range(n_chunks)]
+        members: list[list[int]] = [[] for _ in range(n_chunks)]
+        for i in by_length:
+            total, c = heapq.heappop(heap)
+            members[c].append(int(i))
+            if len(members[c]) < self.micro:
+                heapq.heappush(heap, (total + int(lengths[i]), c))
+        return np.array([i for m in members for i in m], dtype=np.int64)
+
+
+class MixtureSampler:
+    """Batch sampler of one rank: the plan's micro-batches for the current epoch, from a position on."""
+
+    def __init__(self, plan: MixturePlan, rank: int = 0) -> None:
+        self.plan, self.rank = plan, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch (through the loader's `batch_sampler`)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.plan.micro_batches_per_rank
+
+    def batches(self, start: int = 0) -> Iterator[list[tuple[int, int]]]:
+        for b in self.plan.rank_micro_batches(self.epoch, self.rank)[start:]:
+            yield [(int(s), int(i)) for s, i in b]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return self.batches()
+
+
+class _FromPosition:
+    """The batch sampler handed to torch's DataLoader: the rank's micro-batches from `start` on."""
+
+    def __init__(self, sampler: MixtureSampler, start: int) -> None:
+        self.sampler, self.start = sampler, start
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return self.sampler.batches(self.start)
+
+
+class MixtureLoader:
+    """An exactly resumable loader for one rank: (epoch, micro-batches handed out) is its whole state.
+
+    Workers (a fresh torch DataLoader per pass, so a resumed pass starts at its position) only fetch what the main
+    process's batch sampler lists, and torch returns their batches in that order. Lightning calls `state_dict()`
+    when it saves a checkpoint and `load_state_dict()` before the first batch of a resumed run; since the loader has
+    a length, Lightning does not fetch ahead, so the position counts exactly the batches the loop consumed.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: MixtureSampler, collate_fn: Callable, num_workers: int = 0,
+                 prefetch_factor: int | None = None, pin_memory: bool = False, timeout: float = 0,
+                 worker_init_fn: Callable | None = None) -> None:
+        self.dataset, self.sampler, self.collate_fn = dataset, sampler, collate_fn
+        self.num_workers, self.prefetch_factor, self.pin_memory = num_workers, prefetch_factor, pin_memory
+        self.timeout, self.worker_init_fn = timeout, worker_init_fn
+        self.position = 0
+        self._epoch_of_position = 0
+
+    @property
+    def batch_sampler(self) -> MixtureSampler:
+        """Lightning's `_set_sampler_epoch` finds `set_epoch` here."""
+        return self.sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def _sync_epoch(self) -> None:
+        """A new epoch (set by Lightning, or the previous pass ran to its end) starts at position 0."""
+        if self.sampler.epoch != self._epoch_of_position:
+            self.position, self._epoch_of_position = 0, self.sampler.epoch
+        elif self.position >= len(self):
+            self.sampler.set_epoch(self.sampler.epoch + 1)
+            self.position, self._epoch_of_position = 0, self.sampler.epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._sync_epoch()
+        start = self.position
+        if start >= len(self):
+            return
+        kwargs: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": self.worker_init_fn,
+                      "timeout": self.timeout}
+        loader = DataLoader(self.dataset, batch_sampler=_FromPosition(self.sampler, start),
+                            collate_fn=self.collate_fn, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            **kwargs)
+        for batch in loader:
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._epoch_of_position, "position": self.position,
+                "fingerprint": self.sampler.plan.fingerprint(), "plan": self.sampler.plan.describe()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("fingerprint") != self.sampler.plan.fingerprint():
+            raise ValueError(
+                "the checkpoint's data position belongs to a different mixture or batching (sources, counts, seed, "
+                f"micro-batch, world size or accumulation changed): saved {state.get('plan')}, now "
+                f"{self.sampler.plan.describe()}. Exact resume needs the same; start the stage afresh or restore "
+                "the configuration.")
+        self.sampler.set_epoch(int(state["epoch"]))
+        self._epoch_of_position, self.position = int(state["epoch"]), int(state["position"])

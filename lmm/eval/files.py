@@ -1,0 +1,128 @@
+"""Reading benchmark files (JSONL, JSON, TSV) with errors that name the file and line, and hashing them.
+
+Benchmark releases are large, hand-assembled and often edited locally; an error deep inside scoring ("KeyError 5")
+costs an evaluation run, so every reader here says which file, which line and which field is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+
+class BenchmarkFileError(ValueError):
+    """A benchmark file is missing or malformed; the message starts with "<file>:<line>:" where known."""
+
+
+def where(path: str | os.PathLike, line: int | None = None) -> str:
+    """"file:line" (or just the file) for error messages and Question.where."""
+    return f"{path}:{line}" if line is not None else str(path)
+
+
+def require_file(path: str | os.PathLike | None, what: str) -> Path:
+    """The path as a Path, or a BenchmarkFileError that says which benchmark file is missing and where to get it."""
+    if path is None or str(path) in ("", "None"):
+        raise BenchmarkFileError(f"no {what} configured")
+    p = Path(path)
+    if not p.exists():
+        raise BenchmarkFileError(f"{what} not found: {p} (see conf/eval/benchmark/*.yaml for the expected layout)")
+    return p
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-empty line; invalid JSON or a non-object line names file and line."""
+    p = Path(path)
+    with open(p, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BenchmarkFileError(f"{where(p, lineno)}: invalid JSON ({e.msg} at column {e.colno})") from e
+            if not isinstance(obj, dict):
+                raise BenchmarkFileError(f"{where(p, lineno)}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A whole JSON document; a syntax error names file and line."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise BenchmarkFileError(f"{where(p, e.lineno)}: invalid JSON ({e.msg} at column {e.colno})") from e
+
+
+def json_list_lines(path: str | os.PathLike, items: list[Any]) -> list[int | None]:
+    """Best-effort line number of each top-level item of a JSON list file (for error messages).
+
+    Exact for files written one item per line or pretty-printed with each item starting on its own line; None when
+    the file is one long line (the item index is then given instead).
+    """
+    text = Path(path).read_text(encoding="utf-8-sig")
+    if text.count("\n") < len(items):
+        return [None] * len(items)
+    decoder, lines, pos, line = json.JSONDecoder(), [], text.index("[") + 1, 1 + text[: text.index("[")].count("\n")
+    for _ in items:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            line += text[pos] == "\n"
+            pos += 1
+        lines.append(line)
+        _, end = decoder.raw_decode(text, pos)
+        line += text[pos:end].count("\n")
+        pos = end
+    return lines
+
+
+def field(obj: Mapping[str, Any], key: str, at: str, types: type | tuple[type, ...] | None = None) -> Any:
+    """obj[key], or a BenchmarkFileError "<at>: missing field 'key'" / "field 'key' must be ..."."""
+    if key not in obj or obj[key] is None:
+        raise BenchmarkFileError(f"{at}: missing field {key!r} (has {sorted(obj)[:12]})")
+    value = obj[key]
+    if types is not None and not isinstance(value, types):
+        names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        raise BenchmarkFileError(f"{at}: field {key!r} must be {names}, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def read_tsv(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row dict) of a TSV with a header (MMBench); rows whose field count is off name their line."""
+    p = Path(path)
+    csv.field_size_limit(1 << 30)  # base64 images sit in one field
+    with open(p, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        try:
+            header = next(reader)
+        except StopIteration as e:
+            raise BenchmarkFileError(f"{where(p, 1)}: empty TSV file (no header)") from e
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise BenchmarkFileError(f"{where(p, 1)}: TSV header lacks columns {missing} (has {header})")
+        for row in reader:
+            lineno = reader.line_num
+            if not row or row == [""]:
+                continue
+            if len(row) != len(header):
+                raise BenchmarkFileError(f"{where(p, lineno)}: {len(row)} fields, the header has {len(header)}")
+            yield lineno, dict(zip(header, row, strict=True))
+
+
+def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Content hash of a file (or of a folder's file list with sizes), recorded with every score in results.json."""
+    p = Path(path)
+    h = hashlib.sha256()
+    if p.is_dir():
+        for f in sorted(p.rglob("*")):
+            if f.is_file():
+                h.update(f"{f.relative_to(p)}\t{f.stat().st_size}\n".encode())
+        return "dir:" + h.hexdigest()
+    with open(p, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,159 @@
+"""Batched LLaVA-1.5 inference in Lightning's predict loop: vicuna_v1 prompts, padded images, greedy decoding.
+
+LLaVA's scripts answer one question at a time. Here a batch of prompts is spliced and left-padded inside
+LlavaModel.generate (KV cache on), which gives the same greedy answers (tests/test_eval_inference.py) several times
+faster. Questions are sorted by prompt length so a batch carries little padding; each answer is keyed by the
+question's uid, so order, sharding and padding duplicates never mix answers up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lmm.data.images import ImageTransform
+from lmm.eval.benchmarks import Question
+from lmm.model.llava import LlavaModel
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """LLaVA-1.5's decoding protocol (temperature 0 = greedy, one beam, KV cache) with the benchmark's budget."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    num_beams: int = 1
+    use_cache: bool = True
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "num_beams": self.num_beams,
+                "use_cache": self.use_cache}
+
+
+class QuestionDataset(Dataset):
+    """Tokenised prompts (built up front, they are cheap) and images (loaded lazily, in the workers)."""
+
+    def __init__(self, questions: Sequence[Question], template: Any, tokenizer: Any, transform: ImageTransform,
+                 sort_by_length: bool = True) -> None:
+        self.questions = list(questions)
+        self.transform = transform
+        self.prompts = [template.prompt_ids(q.text, tokenizer, has_image=q.image is not None) for q in self.questions]
+        order = list(range(len(self.questions)))
+        if sort_by_length:  # longest first: similar lengths share a batch, and memory trouble shows up at once
+            order.sort(key=lambda i: (-len(self.prompts[i]), i))
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        k = self.order[i]
+        q = self.questions[k]
+        img = q.load_image()
+        return {"uid": q.uid, "input_ids": self.prompts[k],
+                "image": self.transform(img) if img is not None else None}
+
+
+def collate(items: list[dict[str, Any]], pad_id: int, image_size: int) -> dict[str, Any]:
+    """Right-pad the ids (generate re-pads on the left after splicing); text-only items get a dummy image."""
+    longest = max(len(x["input_ids"]) for x in items)
+    ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, x in enumerate(items):
+        ids[i, : len(x["input_ids"])] = torch.tensor(x["input_ids"])
+        mask[i, : len(x["input_ids"])] = 1
+    has_image = [x["image"] is not None for x in items]
+    images = None
+    if any(has_image):
+        blank = torch.zeros(3, image_size, image_size)
+        images = torch.stack([x["image"] if x["image"] is not None else blank for x in items])
+    return {"uid": torch.tensor([x["uid"] for x in items]), "input_ids": ids, "attention_mask": mask,
+            "images": images}
+
+
+class _Collate:
+    """Picklable collate function (DataLoader workers)."""
+
+    def __init__(self, pad_id: int, image_size: int) -> None:
+        self.pad_id, self.image_size = pad_id, image_size
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate(items, self.pad_id, self.image_size)
+
+
+def make_loader(dataset: QuestionDataset, tokenizer: Any, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """A sequential loader over the length-sorted dataset (Lightning shards it across ranks in predict)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=_Collate(tokenizer.pad_token_id, dataset.transform.image_size),
+                      persistent_workers=False)
+
+
+class EvalModule(L.LightningModule):
+    """Wraps a LlavaModel for Trainer.predict: each step returns [(uid, answer text)] for its batch."""
+
+    def __init__(self, model: LlavaModel, tokenizer: Any, stop_token_ids: Sequence[int], decoding: Decoding) -> None:
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_token_ids, self.decoding = list(stop_token_ids), decoding
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[tuple[int, str]]:
+        self.model.eval()
+        images = batch["images"]
+        if images is not None:
+            images = images.to(next(self.model.encoder.parameters()).dtype)
+        out = self.model.generate(batch["input_ids"], batch["attention_mask"], images,
+                                  eos_token_id=self.stop_token_ids, pad_token_id=self.tokenizer.pad_token_id,
+                                  **self.decoding.kwargs())
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return [(int(u), t.strip()) for u, t in zip(batch["uid"].tolist(), texts, strict=True)]
+
+
+def gather_answers(local: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """All ranks' (uid, text) pairs on every rank (a no-op in one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        parts: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, local)
+        return [pair for part in parts for pair in part]
+    return list(local)
+
+
+def merge_answers(pairs: list[tuple[int, str]], num_questions: int) -> list[str]:
+    """Texts in question order from (uid, text) pairs: duplicates (a padding DistributedSampler repeats items to
+    even out the ranks) are dropped, and a question answered twice differently or not at all is an error."""
+    texts: dict[int, str] = {}
+    for uid, text in pairs:
+        if uid in texts and texts[uid] != text:
+            raise RuntimeError(f"question uid {uid} was answered twice, differently: {texts[uid]!r} vs {text!r}")
+        texts[uid] = text
+    missing = [u for u in range(num_questions) if u not in texts]
+    if missing:
+        raise RuntimeError(f"{len(missing)} questions got no answer (first uids: {missing[:10]})")
+    return [texts[u] for u in range(num_questions)]
+
+
+def predict_answers(trainer: L.Trainer, module: EvalModule, loader: DataLoader, num_questions: int) -> list[str]:
+    """Run Trainer.predict over the loader (sharded by Lightning across ranks) and return texts in question order."""
+    batches = trainer.predict(module, dataloaders=loader, return_predictions=True) or []
+    local = [pair for batch in batches for pair in batch]
+    return merge_answers(gather_answers(local), num_questions)
+
+
+def generate_one_by_one(model: LlavaModel, tokenizer: Any, template: Any, transform: ImageTransform,
+                        questions: Sequence[Question], decoding: Decoding) -> list[str]:
+    """LLaVA's reference loop: one question at a time, batch size 1 (what the batched path must reproduce)."""
+    texts = []
+    model.eval()
+    for q in questions:
+        ids = torch.tensor([template.prompt_ids(q.text, tokenizer, has_image=q.image is not None)])
+        img = q.load_image()
+        images = transform(img)[None] if img is not None else None
+        out = model.generate(ids, torch.ones_like(ids), images, eos_token_id=template.stop_token_ids(tokenizer),
+                             pad_token_id=tokenizer.pad_token_id, **decoding.kwargs())
+        texts.append(tokenizer.decode(out[0], skip_special_tokens=True).strip())
+    return texts

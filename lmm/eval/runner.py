@@ -1,0 +1,321 @@
+"""Evaluation entry points: load a checkpoint, answer a suite of benchmarks, score, and record everything.
+
+`evaluate(cfg, model, tokenizer, run_dir, ...)` is what the pipeline calls (after the instruct stage, or for
+task=eval); `load_checkpoint(path)` reads an lmm run/model folder or a Hugging Face Llava folder. Per benchmark the
+run folder gets eval/<name>/answers.jsonl (LLaVA format, question-file order, so LLaVA's scripts re-score it), the
+official upload/eval files and scores.json; eval/results.json holds every score together with the prompts,
+decoding settings, file hashes and versions that produced it; W&B gets the scores in the run summary and a table of
+sample predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from lmm.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from lmm.data.images import ImageTransform
+from lmm.eval.benchmarks import Benchmark, Question
+from lmm.eval.files import sha256
+from lmm.eval.inference import Decoding, EvalModule, QuestionDataset, make_loader, predict_answers
+from lmm.model.llava import LlavaModel
+
+RESULTS_VERSION = 1  # bump when the layout of eval/results.json changes
+
+
+def _log(msg: str) -> None:
+    if _rank() == 0:
+        print(f"[lmm] {msg}", flush=True)
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+class LoadedModel(NamedTuple):
+    """A model ready for evaluation and what evaluate() needs to know about it."""
+
+    model: LlavaModel
+    tokenizer: Any
+    image_processor: str | None  # folder with preprocessor_config.json (None: take the config's encoder)
+    model_id: str  # written into every answer line
+    source: str  # "lmm" or "hf_llava"
+
+
+def _lmm_model_folder(path: Path) -> Path | None:
+    from lmm.model.io import MODEL_CARD
+
+    for candidate in (path, path / "model", path / "instruct" / "model"):
+        if (candidate / MODEL_CARD).exists():
+            return candidate
+    return None
+
+
+def _model_id(folder: Path) -> str:
+    """The run id for <run>/instruct/model, the stage folder's name for <stage>/model, else the folder's name."""
+    if folder.name != "model":
+        return folder.name
+    return folder.parent.parent.name if folder.parent.name == "instruct" else folder.parent.name
+
+
+def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> LoadedModel:
+    """Load an lmm run folder (<run>/instruct/model), stage or model folder, or a Hugging Face Llava folder."""
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    folder = _lmm_model_folder(p)
+    if folder is not None:
+        from lmm.model.io import load_lmm_model
+
+        model, tokenizer = load_lmm_model(folder, dtype=dtype)
+        processor = folder / "encoder" / "preprocessor_config.json"
+        return LoadedModel(model, tokenizer, str(processor.parent) if processor.exists() else None,
+                           _model_id(folder), "lmm")
+    config = p / "config.json"
+    if config.exists() and json.loads(config.read_text()).get("model_type") == "llava":
+        from lmm.export import from_hf_llava
+
+        model, tokenizer = from_hf_llava(p)
+        if tokenizer is None:
+            raise FileNotFoundError(f"{p}: the Llava folder has no tokenizer files")
+        if dtype is not None:
+            model.to(getattr(torch, dtype))
+        has_processor = (p / "preprocessor_config.json").exists()
+        return LoadedModel(model, tokenizer, str(p) if has_processor else None, p.name, "hf_llava")
+    raise ValueError(f"{p} is neither an lmm run/model folder (with lmm_model.json) nor a Hugging Face Llava folder")
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def build_benchmarks(ecfg: DictConfig) -> list[Benchmark]:
+    """Instantiate the suite's benchmarks, named by their key in `eval.benchmarks`, in config order."""
+    out = []
+    for name, spec in (ecfg.get("benchmarks") or {}).items():
+        if spec is None:  # a suite entry switched off with `eval.benchmarks.<name>=null`
+            continue
+        out.append(instantiate(spec, name=str(name)))
+    return out
+
+
+def _eval_trainer(cfg: DictConfig, overrides: dict[str, Any] | None) -> L.Trainer:
+    """A Trainer for predict only: the run's devices, plain data parallel (FSDP is a training-time concern)."""
+    tcfg = cfg.get("trainer") or {}
+    ecfg = cfg.eval
+    kwargs: dict[str, Any] = {"accelerator": tcfg.get("accelerator", "auto"), "devices": tcfg.get("devices", 1),
+                              "num_nodes": tcfg.get("num_nodes", 1), "strategy": ecfg.get("strategy", "auto"),
+                              "precision": ecfg.get("precision", "32-true"), "logger": False,
+                              "enable_checkpointing": False, "enable_model_summary": False,
+                              "enable_progress_bar": bool(ecfg.get("progress_bar", False))}
+    kwargs.update(overrides or {})
+    return L.Trainer(**kwargs)
+
+
+def _prompt_example(ids: list[int], tokenizer: Any) -> str:
+    """The exact prompt the model saw for one question, decoded piece by piece around the image token."""
+    pieces, cur = [], []
+    for i in ids:
+        if i == IMAGE_TOKEN_INDEX:
+            pieces.append(cur)
+            cur = []
+        else:
+            cur.append(i)
+    pieces.append(cur)
+    return IMAGE_PLACEHOLDER.join(tokenizer.decode(p, skip_special_tokens=False) for p in pieces)
+
+
+def _versions() -> dict[str, Any]:
+    import lightning
+    import transformers
+
+    def git(*args: str) -> str | None:
+        with contextlib.suppress(Exception):
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                                  cwd=Path(__file__).parent).stdout.strip()
+        return None
+
+    return {"lmm_git_commit": git("rev-parse", "HEAD"), "lmm_git_dirty": bool(git("status", "--porcelain")),
+            "results_version": RESULTS_VERSION, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "lightning": lightning.__version__}
+
+
+def _file_hashes(bench: Benchmark) -> dict[str, Any]:
+    out = {}
+    for key, path in bench.files().items():
+        if path and Path(path).exists():
+            p = Path(path)
+            out[key] = {"path": str(p), "sha256": sha256(p) if p.is_file() else "dir (not hashed)"}
+    return out
+
+
+def _table_rows(bench: Benchmark, qs: list[Question], texts: list[str], per: list[float | None],
+                n: int) -> list[dict[str, Any]]:
+    """n questions spread evenly over the benchmark, as rows of the sample-predictions table."""
+    if n <= 0 or not qs:
+        return []
+    picks = sorted({round(i * (len(qs) - 1) / max(1, n - 1)) for i in range(min(n, len(qs)))})
+    rows = []
+    for i in picks:
+        q, score = qs[i], per[i]
+        image = None if q.image is None else str(q.image) if isinstance(q.image, Path) else "<embedded in " + \
+            q.where + ">"
+        rows.append({"benchmark": bench.name, "question_id": str(q.question_id), "uid": q.uid, "image": image,
+                     "question": q.text,
+                     "answer": texts[i], "reference": bench.reference_text(q), "score": score,
+                     "correct": None if score is None else bool(score >= 0.999)})
+    return rows
+
+
+def _log_wandb(loggers: list[Logger], summary: dict[str, float], rows: list[dict[str, Any]],
+               by_name: dict[str, Benchmark]) -> None:
+    """Scores into the run summary, sample predictions (with images) as a wandb.Table."""
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import wandb
+
+        run = logger.experiment
+        run.summary.update(summary)
+        columns = ["benchmark", "question_id", "image", "question", "answer", "reference", "score", "correct"]
+        data, images = [], []
+        for r in rows:
+            q = by_name[r["benchmark"]].questions()[r["uid"]]
+            img = q.load_image()
+            data.append([r["benchmark"], r["question_id"], wandb.Image(img) if img is not None else None,
+                         r["question"], r["answer"], r["reference"], r["score"], r["correct"]])
+            if img is not None:
+                mark = "" if r["correct"] is None else (" ✓" if r["correct"] else " ✗")
+                images.append(wandb.Image(img, caption=f"{r['benchmark']} {r['question_id']}: {r['answer']}{mark}"))
+        # Offline runs drop the images inside a table (wandb/wandb#4611): the same images are also logged as a plain
+        # media list, which offline runs keep and `wandb sync` uploads.
+        run.log({"eval/predictions": wandb.Table(columns=columns, data=data), "eval/sample_images": images})
+
+
+def _broadcast(obj: Any) -> Any:
+    """Rank 0's object on every rank (the scores are computed once, on rank 0: judges may be remote and paid)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------- evaluate
+def evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: str | os.PathLike,
+             loggers: list[Logger] | None = None, image_processor: str | None = None, model_id: str | None = None,
+             trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Answer and score the suite `cfg.eval` with `model`; write answer files and eval/results.json under run_dir.
+
+    `image_processor` is a folder with the encoder's preprocessor_config.json (default: cfg.model.encoder's
+    checkpoint); `trainer_kwargs` override the predict Trainer's arguments. Returns what results.json holds (on
+    every rank).
+    """
+    threads = torch.get_num_threads()
+    if cfg.eval.get("num_threads"):
+        torch.set_num_threads(int(cfg.eval.num_threads))
+    try:
+        return _evaluate(cfg, model, tokenizer, Path(run_dir), loggers, image_processor, model_id, trainer_kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path, loggers: list[Logger] | None,
+              image_processor: str | None, model_id: str | None,
+              trainer_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    ecfg = cfg.eval
+    out_dir = run_dir / "eval"
+    model_id = model_id or ecfg.get("model_id") or run_dir.name
+    processor = image_processor or OmegaConf.select(cfg, "model.encoder.pretrained")
+    if processor is None:
+        raise ValueError("no image processor: pass image_processor= or set model.encoder.pretrained")
+    transform = ImageTransform.from_pretrained(processor, aspect=ecfg.image_aspect)
+    template = instantiate(ecfg.template)
+    if ecfg.get("dtype"):
+        model.to(getattr(torch, ecfg.dtype))
+    benchmarks = build_benchmarks(ecfg)
+    for bench in benchmarks:  # read and check every file before the first (possibly hours-long) inference
+        bench.questions()
+    trainer = _eval_trainer(cfg, trainer_kwargs)
+    results: dict[str, Any] = {
+        "suite": ecfg.get("name"), "model_id": model_id,
+        "protocol": {"template": getattr(template, "name", type(template).__name__),
+                     "system": getattr(template, "system", None), "image_aspect": ecfg.image_aspect,
+                     "image_size": transform.image_size, "image_processor": str(processor),
+                     "decoding": {"do_sample": False, "temperature": 0, "num_beams": 1, "use_cache": True,
+                                  "stop_token_ids": template.stop_token_ids(tokenizer)},
+                     "batch_size": int(ecfg.batch_size), "padding": "left (after splicing)",
+                     "dtype": str(next(model.llm.parameters()).dtype), "world_size": trainer.world_size},
+        "model": {"visual_tokens_per_image": model.num_visual_tokens,
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "versions": _versions(), "benchmarks": {}, "summary": {}}
+    rows: list[dict[str, Any]] = []
+    total_q, total_s = 0, 0.0
+    for bench in benchmarks:
+        qs = bench.questions()
+        dataset = QuestionDataset(qs, template, tokenizer, transform)
+        loader = make_loader(dataset, tokenizer, int(ecfg.batch_size), int(ecfg.get("num_workers", 0)))
+        decoding = Decoding(max_new_tokens=bench.max_new_tokens)
+        module = EvalModule(model, tokenizer, template.stop_token_ids(tokenizer), decoding)
+        started = time.perf_counter()
+        texts = predict_answers(trainer, module, loader, len(qs))
+        seconds = time.perf_counter() - started
+        total_q, total_s = total_q + len(qs), total_s + seconds
+        entry: dict[str, Any] = {}
+        if _rank() == 0:
+            entry = _finish_benchmark(bench, qs, texts, dataset, tokenizer, model_id, out_dir / bench.name, seconds)
+            rows += _table_rows(bench, qs, texts, entry.pop("_per_question"), int(ecfg.get("num_table_rows", 8)))
+            results["benchmarks"][bench.name] = entry
+            results["summary"].update(entry["summary"])
+            shown = f"{entry['headline']:.2f}" if entry["headline"] is not None else "no ground truth"
+            _log(f"eval {bench.name}: {len(qs)} questions in {seconds:.1f}s ({len(qs) / seconds:.1f}/s), "
+                 f"{bench.headline_key} = {shown}")
+    if _rank() == 0:
+        results["throughput"] = {"questions": total_q, "seconds": round(total_s, 2),
+                                 "questions_per_sec": round(total_q / total_s, 2) if total_s else None}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+        _log_wandb(list(loggers or []), results["summary"], rows, {b.name: b for b in benchmarks})
+        _log(f"eval results: {out_dir / 'results.json'}")
+    return _broadcast(results)
+
+
+def _finish_benchmark(bench: Benchmark, qs: list[Question], texts: list[str], dataset: QuestionDataset,
+                      tokenizer: Any, model_id: str, out_dir: Path, seconds: float) -> dict[str, Any]:
+    """Write the answer and upload files of one benchmark, score it, and describe how it was run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    answers = out_dir / "answers.jsonl"
+    with open(answers, "w", encoding="utf-8") as f:
+        for q, t in zip(qs, texts, strict=True):
+            f.write(json.dumps(bench.answer_record(q, t, model_id), ensure_ascii=False) + "\n")
+    extra = bench.write_submission(out_dir, qs, texts)
+    scored = bench.score(qs, texts)
+    headline = bench.headline(scored.scores) if scored.scores else None
+    summary = {f"eval/{bench.name}/{k}": v for k, v in scored.scores.items()}
+    if headline is not None:
+        summary[f"eval/{bench.name}"] = headline
+    example = dataset.prompts[0] if dataset.prompts else []
+    entry = {**bench.describe(), "num_questions": len(qs),
+             "num_scored": sum(q.reference is not None for q in qs), "scores": scored.scores, "headline": headline,
+             "summary": summary, "seconds": round(seconds, 2),
+             "questions_per_sec": round(len(qs) / seconds, 2) if seconds else None,
+             "prompt_example": _prompt_example(example, tokenizer) if example else None,
+             "files": _file_hashes(bench), "answers_file": str(answers),
+             "submission_files": [str(p) for p in extra], "_per_question": scored.per_question}
+    (out_dir / "scores.json").write_text(json.dumps({k: v for k, v in entry.items() if k != "_per_question"},
+                                                    indent=2, ensure_ascii=False))
+    return entry

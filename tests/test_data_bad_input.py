@@ -1,0 +1,128 @@
+"""Bad input never stops a run silently nor loses data silently: every case is a clear error naming file, record id
+and reason (strict, on_error=error) or a counted skip written with its reason to the rejects file (lenient)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmm.data.datamodule import LlavaDataModule
+from lmm.data.records import RecordError
+from lmm.data.shards import SampleError, convert
+from lmm.data.synthetic import data_kit, write_source
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    return data_kit(tmp_path_factory.mktemp("kit"))
+
+
+def _turns(*values, roles=None):
+    roles = roles or ["human" if k % 2 == 0 else "gpt" for k in range(len(values))]
+    return [{"from": r, "value": v} for r, v in zip(roles, values, strict=True)]
+
+
+# (record id, record patch, reason the message must give, countable kind)
+CONVERSION_CASES = [
+    ("missing-image", {"image": "images/nowhere.png"}, "image file not found", "missing image"),
+    ("corrupt-image", {"image": "images/garbage.png"}, "cannot read image", "corrupt image"),
+    ("no-placeholder", {"conversations": _turns("What colour?", "red")}, "found 0", "image placeholders"),
+    ("two-placeholders", {"conversations": _turns("<image> <image> What?", "red")}, "found 2", "image placeholders"),
+    ("not-alternating", {"conversations": _turns("<image>\nA?", "B?", roles=["human", "human"])},
+     "must alternate", "malformed conversation"),
+    ("empty-turn", {"conversations": _turns("<image>\nWhat?", "  ")}, "empty value", "malformed conversation"),
+    ("gpt-first", {"conversations": _turns("Hi.", "<image>\nWhat?", roles=["gpt", "human"])},
+     "first turn must be from 'human'", "malformed conversation"),
+    ("escapes-root", {"image": "../outside.png"}, "escapes the image root", "image path outside root"),
+]
+
+
+def _source_with(tmp_path, rid, patch):
+    records, root = write_source(tmp_path, "src", 12, image_fraction=1.0, seed=1, turns=(1, 1))
+    (root / "images" / "garbage.png").write_bytes(b"this is not a png")
+    (tmp_path / "outside.png").write_bytes((root / "images" / "src_000000.png").read_bytes())
+    recs = json.loads(records.read_text())
+    recs[5] = {**recs[5], "id": rid, **patch}
+    records.write_text(json.dumps(recs))
+    return records, root
+
+
+@pytest.mark.parametrize(("rid", "patch", "reason", "kind"), CONVERSION_CASES, ids=[c[0] for c in CONVERSION_CASES])
+def test_bad_records_at_conversion(tmp_path, rid, patch, reason, kind):
+    records, root = _source_with(tmp_path, rid, patch)
+    with pytest.raises(RecordError) as err:
+        convert(records, root, tmp_path / "strict", progress=False)
+    message = str(err.value)
+    assert str(records) in message and f"id {rid!r}" in message and "record 5" in message and reason in message
+    index = convert(records, root, tmp_path / "lenient", on_error="skip", progress=False)
+    assert index["num_samples"] == 11 and index["rejected"] == 1 and index["rejected_by_reason"] == {kind: 1}
+    (line,) = (tmp_path / "lenient" / "rejects.jsonl").read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["id"] == rid and entry["record"] == 5 and reason in entry["reason"] and entry["file"] == str(records)
+
+
+def _module(kit, records, root, tmp_path, **kwargs):
+    options = {"micro_batch_size": 4, "max_text_length": 256, "progress": False, "cache_dir": tmp_path / "cache",
+               "shuffle": False, **kwargs}
+    return LlavaDataModule([{"name": "src", "records": str(records), "image_root": str(root)}], **kit, **options)
+
+
+def _truncated_png(records, root):
+    """Sample 5's image keeps a valid header but loses its data: it passes a header check, fails to decode."""
+    recs = json.loads(records.read_text())
+    path = root / recs[5]["image"]
+    path.write_bytes(path.read_bytes()[:60])
+    return recs[5]["id"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_image_found_while_loading(kit, tmp_path, workers):
+    records, root = write_source(tmp_path, "src", 12, image_fraction=1.0, seed=1, turns=(1, 1))
+    rid = _truncated_png(records, root)
+    with pytest.raises(SampleError) as err:
+        list(_module(kit, records, root, tmp_path, num_workers=workers).train_dataloader())
+    message = str(err.value)
+    assert str(records) in message and "shard-00000.bin" in message and rid in message and "cannot be decoded" in \
+        message
+    out = tmp_path / "run"
+    batches = list(_module(kit, records, root, tmp_path, num_workers=workers, on_error="skip", output_dir=out)
+                   .train_dataloader())
+    assert sum(len(b["rejected"]) for b in batches) == 1 and sum(len(b["ids"]) for b in batches) == 11
+    (line,) = (out / "rejects.jsonl").read_text().splitlines()
+    assert json.loads(line)["id"] == rid and json.loads(line)["kind"] == "corrupt image"
+
+
+def test_sample_longer_than_the_context(kit, tmp_path):
+    records, root = write_source(tmp_path, "src", 8, image_fraction=0.0, seed=2, turns=(1, 1), words=(3, 4))
+    recs = json.loads(records.read_text())
+    recs[2]["conversations"][1]["value"] = " ".join(["red circle"] * 200)
+    records.write_text(json.dumps(recs))
+    with pytest.raises(SampleError, match=r"src-2.*longer than the context: \d+ text tokens > 120"):
+        list(_module(kit, records, root, tmp_path, max_text_length=120).train_dataloader())
+    dm = _module(kit, records, root, tmp_path, max_text_length=120, on_error="skip", output_dir=tmp_path / "run")
+    batches = list(dm.train_dataloader())
+    assert [k for b in batches for k in b["rejected"]] == ["too long"]
+    assert "longer than the context" in (tmp_path / "run" / "rejects.jsonl").read_text()
+    cut = list(_module(kit, records, root, tmp_path, max_text_length=120, truncate=True).train_dataloader())
+    assert sum(int(b["truncated"].sum()) for b in cut) == 1 and max(b["input_ids"].shape[1] for b in cut) == 120
+
+
+def test_all_rejected_micro_batch_still_yields_a_step(kit, tmp_path):
+    records, root = write_source(tmp_path, "src", 4, image_fraction=0.0, seed=3, turns=(1, 1))
+    recs = json.loads(records.read_text())
+    for r in recs:
+        r["conversations"][1]["value"] = " ".join(["blue square"] * 100)
+    records.write_text(json.dumps(recs))
+    (batch,) = list(_module(kit, records, root, tmp_path, max_text_length=60, on_error="skip").train_dataloader())
+    assert len(batch["rejected"]) == 4 and batch["input_ids"].shape == (1, 1) and batch["sample_tokens"].sum() == 0
+
+
+def test_strict_run_refuses_a_lenient_conversion(kit, tmp_path):
+    records, root = _source_with(tmp_path, "missing-image", {"image": "images/nowhere.png"})
+    lenient = _module(kit, records, root, tmp_path, on_error="skip", output_dir=tmp_path / "run")
+    lenient.setup()
+    assert lenient.conversion_rejects() == {"src": 1}
+    assert "missing-image" in (tmp_path / "run" / "rejects-convert-src.jsonl").read_text()
+    with pytest.raises(RecordError, match="skipped 1 bad records"):
+        _module(kit, records, root, tmp_path).setup()

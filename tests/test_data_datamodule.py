@@ -1,0 +1,74 @@
+"""The DataModule as the pipeline builds it from conf/data: the tiny mixture composes, streams from shards, applies
+format prompts on the fly and serves sample generations, also for a source that exists only as shards."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer
+
+from lmm.config import register_resolvers
+from lmm.data.datamodule import LlavaDataModule
+from lmm.data.formats import SHORT_ANSWER
+from lmm.data.images import ImageTransform
+from lmm.data.templates import VicunaV1Template
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+register_resolvers()
+
+
+def _datamodule(tiny_world: Path, *overrides: str) -> LlavaDataModule:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["data=tiny_mix", f"paths.cache_dir={tiny_world}",
+                                                       "data.instruct.num_samples=96", *overrides])
+    OmegaConf.resolve(cfg)
+    world = tiny_world / "tiny-world"
+    return instantiate(cfg.data.instruct)(
+        template=VicunaV1Template(), tokenizer=AutoTokenizer.from_pretrained(world / "tokenizer"),
+        image_transform=ImageTransform.from_pretrained(world / "clip-tiny-res224"), max_text_length=200,
+        micro_batch_size=4, seed=0, num_workers=0)
+
+
+def test_tiny_mixture_streams_weighted_single_modality_batches(tiny_world):
+    dm = _datamodule(tiny_world)
+    assert dm.source_names == ["llava_instruct", "vqav2", "sharegpt"]
+    batches = list(dm.train_dataloader())
+    counts = Counter(s for b in batches for s in b["sources"])
+    assert counts == {"llava_instruct": 48, "vqav2": 29, "sharegpt": 19}
+    # micro 4 x accumulate 1 x world 1: every micro-batch is a step, single-modality but the last
+    mixed = [k for k, b in enumerate(batches) if 0 < int(b["has_image"].sum()) < len(b["ids"])]
+    assert mixed in ([], [len(batches) - 1])
+
+
+def test_format_prompt_is_a_switch_on_the_same_files(tiny_world):
+    def vqa_text(dm: LlavaDataModule) -> str:
+        ds = dm.dataset()
+        return dm.tokenizer.decode([t for t in ds[(1, 0)]["input_ids"].tolist() if t >= 0])
+
+    assert SHORT_ANSWER in vqa_text(_datamodule(tiny_world))
+    assert SHORT_ANSWER not in vqa_text(_datamodule(tiny_world, "data.catalog.vqav2.format_prompt=false"))
+
+
+def test_example_records_extract_images_of_a_shards_only_source(tiny_world, tmp_path):
+    dm = _datamodule(tiny_world)
+    dm.setup()
+    shards = dm.readers[0].location
+    only = LlavaDataModule([{"name": "conv", "shards": shards}], template=dm.template, tokenizer=dm.tokenizer,
+                           image_transform=dm.image_transform, max_text_length=200, micro_batch_size=4,
+                           output_dir=tmp_path)
+    examples = only.example_records(3)
+    assert len(examples) == 3
+    for rec, root in examples:
+        assert root == tmp_path / "examples" / "conv" and (root / rec.image).stat().st_size > 0
+    first, root = _datamodule(tiny_world).example_records(1)[0]
+    assert root == tiny_world / "tiny-world" / "data"  # the source's own image root when it holds the images
+
+
+def test_packing_needs_the_visual_token_count(tiny_world):
+    with pytest.raises(ValueError, match="visual_tokens"):
+        _datamodule(tiny_world, "data.instruct.pack=true")

@@ -1,0 +1,128 @@
+"""Mixtures: exact proportions, determinism, no sample twice across 2 ranks x 2 workers, modality grouping."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from lmm.data.datamodule import LlavaDataModule
+from lmm.data.mixture import MixturePlan, SourceInfo, apportion, epoch_counts
+from lmm.data.synthetic import data_kit, write_source
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    return data_kit(tmp_path_factory.mktemp("kit"))
+
+
+@pytest.fixture(scope="module")
+def three_sources(tmp_path_factory):
+    """Three text-only sources (decoding images is not what these tests are about) of 6000, 4000 and 3000."""
+    root = tmp_path_factory.mktemp("sources")
+    out = []
+    for name, n, seed in (("alpha", 6000, 1), ("beta", 4000, 2), ("gamma", 3000, 3)):
+        records, image_root = write_source(root, name, n, image_fraction=0.0, seed=seed, turns=(1, 1), words=(2, 4))
+        out.append({"name": name, "records": str(records), "image_root": str(image_root)})
+    return out, root
+
+
+def _module(kit, sources, cache, seed=0, **kwargs):
+    options = {"micro_batch_size": 25, "num_samples": 10_000, "max_text_length": 256, "progress": False,
+               "weights": {"alpha": 0.5, "beta": 0.3, "gamma": 0.2}, **kwargs}
+    return LlavaDataModule(sources, **kit, seed=seed, cache_dir=cache, **options)
+
+
+def _keys(loader) -> list[tuple[str, str]]:
+    return [(s, i) for batch in loader for s, i in zip(batch["sources"], batch["ids"], strict=True)]
+
+
+def test_weighted_mixture_over_two_ranks_and_two_workers(kit, three_sources, tmp_path):
+    sources, _ = three_sources
+    cache = tmp_path / "cache"
+    per_rank = []
+    for rank in (0, 1):
+        dm = _module(kit, sources, cache, seed=7, world_size=2, rank=rank, num_workers=2)
+        per_rank.append(_keys(dm.train_dataloader()))
+    everything = per_rank[0] + per_rank[1]
+    assert len(per_rank[0]) == len(per_rank[1]) == 5000
+    assert len(set(everything)) == len(everything) == 10_000  # no sample twice, across ranks and workers
+    shares = {name: n / len(everything) for name, n in Counter(s for s, _ in everything).items()}
+    for name, weight in (("alpha", 0.5), ("beta", 0.3), ("gamma", 0.2)):
+        assert abs(shares[name] - weight) <= 0.02, shares
+    assert all(i.startswith(s) for s, i in everything)  # ids and sources stay aligned through collation
+    # the same seed gives the same samples in the same order (also with another number of workers)
+    again = _keys(_module(kit, sources, cache, seed=7, world_size=2, rank=0, num_workers=0).train_dataloader())
+    assert again == per_rank[0]
+    other = _keys(_module(kit, sources, cache, seed=8, world_size=2, rank=0, num_workers=0).train_dataloader())
+    assert other != per_rank[0]
+
+
+def _infos(sizes, image_every=0, seed=0):
+    rng = np.random.default_rng(seed)
+    return [SourceInfo(f"s{k}", n, (np.arange(n) % image_every != 0) if image_every else np.ones(n, bool),
+                       rng.integers(1, 200, n)) for k, n in enumerate(sizes)]
+
+
+def test_counts_weights_and_sizes():
+    assert epoch_counts([100, 50], weights=[0.5, 0.5], num_samples=10) == [5, 5]
+    assert epoch_counts([100, 50]) == [100, 50]
+    assert epoch_counts([100, 50], counts=[10, None]) == [10, 50]
+    assert sum(apportion(997, [0.5, 0.3, 0.2])) == 997
+    with pytest.raises(ValueError, match="weight"):
+        epoch_counts([1, 2], weights=[0.5, None])
+
+
+def test_epochs_walk_each_source_stream_without_gaps():
+    """A subsampled source shows new samples each epoch; the rounding to whole steps is carried, not dropped."""
+    plan = MixturePlan(_infos([50, 30]), counts=[21, 9], seed=3, micro_batch_size=4, world_size=2)
+    assert plan.num_samples == 24 and plan.counts == [17, 7]  # 30 requested, rounded down to whole steps of 8
+    seen = [plan.epoch_samples(e) for e in range(3)]
+    first = np.concatenate([s[s[:, 0] == 0, 1] for s in seen])
+    assert len(set(first.tolist())) == 50 and len(first) == 51  # 3 x 17: all 50 before any repeats
+    for s in seen:
+        assert len(np.unique(s, axis=0)) == len(s)
+
+
+def test_order_is_deterministic_and_the_same_on_every_rank():
+    a = MixturePlan(_infos([40, 40]), [40, 40], seed=1, micro_batch_size=4, world_size=2, accumulate=2)
+    b = MixturePlan(_infos([40, 40]), [40, 40], seed=1, micro_batch_size=4, world_size=2, accumulate=2)
+    assert np.array_equal(a.epoch_micro_batches(0), b.epoch_micro_batches(0))
+    assert not np.array_equal(a.epoch_micro_batches(0), a.epoch_micro_batches(1))
+    ranks = [a.rank_micro_batches(0, r) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 10
+    keys = np.concatenate([r.reshape(-1, 2) for r in ranks])
+    assert len(np.unique(keys, axis=0)) == 80
+
+
+def test_modality_length_grouping_makes_single_modality_steps():
+    infos = _infos([300, 200], image_every=4)  # a quarter of each source is text-only
+    plan = MixturePlan(infos, [300, 200], seed=0, micro_batch_size=4, world_size=2, accumulate=2,
+                       group_by_modality_length=True)
+    batches = plan.epoch_micro_batches(0)
+    step = plan.world * plan.accumulate
+    modality = np.array([[infos[s].has_image[i] for s, i in b] for b in batches])
+    steps = modality.reshape(-1, step * plan.micro)
+    mixed = [k for k, row in enumerate(steps) if row.min() != row.max()]
+    assert mixed in ([], [len(steps) - 1])  # only the leftover step may mix, and it comes last
+    keys = batches.reshape(-1, 2)
+    assert len(np.unique(keys, axis=0)) == plan.num_samples == 496
+    # within a step the micro-batches are length-balanced: spread far below that of random micro-batches
+    lengths = np.array([[infos[s].lengths[i] for s, i in b] for b in batches]).sum(1).reshape(-1, step)
+    random_plan = MixturePlan(infos, [300, 200], seed=0, micro_batch_size=4, world_size=2, accumulate=2)
+    random_lengths = np.array([[infos[s].lengths[i] for s, i in b] for b in random_plan.epoch_micro_batches(0)])
+    spread = np.mean(lengths.max(1) - lengths.min(1))
+    random_steps = random_lengths.sum(1).reshape(-1, step)
+    random_spread = np.mean(random_steps.max(1) - random_steps.min(1))
+    assert spread < random_spread / 3
+
+
+def test_mixture_config_mistakes_fail_clearly(kit, three_sources, tmp_path):
+    sources, _ = three_sources
+    with pytest.raises(ValueError, match="delta"):
+        _module(kit, sources, tmp_path, weights={"alpha": 1.0, "delta": 1.0})
+    with pytest.raises(ValueError, match="unknown key"):
+        _module(kit, [dict(sources[0], wieght=1)], tmp_path, weights=None)
+    with pytest.raises(ValueError, match="less than one optimizer step"):
+        MixturePlan(_infos([3]), [3], seed=0, micro_batch_size=4)
