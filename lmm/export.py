@@ -32,12 +32,10 @@ from transformers import (
 )
 
 from lmm.constants import IMAGE_PLACEHOLDER
+from lmm.data.images import CLIP_MEAN, CLIP_STD
 from lmm.model.connector import Connector, LinearConnector, MLPConnector
 from lmm.model.encoder import VisionEncoder
 from lmm.model.llava import LlavaModel
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Prefixes of a LlavaForConditionalGeneration state dict: (vision tower, projector, language model body, lm_head).
 _NEW_LAYOUT = ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.", "lm_head.")

@@ -28,12 +28,10 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from lmm.data.images import CLIP_MEAN, CLIP_STD
+from lmm.data.templates import VICUNA_V1_SYSTEM as VICUNA_SYSTEM
 from lmm.world import scenes
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 BUILD_VERSION = 2  # bump when what is built changes, so stale caches are rebuilt
 
 
