@@ -307,6 +307,17 @@ def _write_json(path: Path, obj: Any) -> Path:
 
 
 # -------------------------------------------------------------------------------------------- VQA-accuracy family
+class _QuestionFile:
+    """Mixin: a LLaVA question file, one official annotation file (None: no reference) and an image folder."""
+
+    def __init__(self, questions: str, annotations: str | None, image_root: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.questions_file, self.annotations, self.image_root = questions, annotations, image_root
+
+    def files(self) -> dict[str, str | None]:
+        return {"questions": self.questions_file, "annotations": self.annotations}
+
+
 class _VQAFamily(Benchmark):
     """VQA accuracy with 10 human answers (VQAv2, VizWiz, TextVQA).
 
@@ -457,7 +468,7 @@ class VizWiz(_VQAFamily):
         return [_write_json(out_dir / "vizwiz_upload.json", rows)]
 
 
-class TextVQA(_VQAFamily):
+class TextVQA(_QuestionFile, _VQAFamily):
     """TextVQA val with OCR tokens in the prompt; m4c's evaluator (processor on prediction and answers).
 
     question_id is the image id, so annotations are matched by (image id, lowercased question), the question being
@@ -466,13 +477,6 @@ class TextVQA(_VQAFamily):
 
     kind = "textvqa"
     server = False
-
-    def __init__(self, questions: str, annotations: str | None, image_root: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.questions_file, self.annotations, self.image_root = questions, annotations, image_root
-
-    def files(self) -> dict[str, str | None]:
-        return {"questions": self.questions_file, "annotations": self.annotations}
 
     @staticmethod
     def question_of(prompt: str, at: str = "") -> str:
@@ -508,17 +512,10 @@ class TextVQA(_VQAFamily):
 
 
 # ----------------------------------------------------------------------------------------------------------- GQA
-class GQA(Benchmark):
+class GQA(_QuestionFile, Benchmark):
     """GQA testdev-balanced: LLaVA's post-processing, exact match with the official gold answer."""
 
     kind = "gqa"
-
-    def __init__(self, questions: str, annotations: str | None, image_root: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.questions_file, self.annotations, self.image_root = questions, annotations, image_root
-
-    def files(self) -> dict[str, str | None]:
-        return {"questions": self.questions_file, "annotations": self.annotations}
 
     def _load(self) -> list[Question]:
         qs = [q for _, _, q in self._llava_questions(self.questions_file, self.image_root)]
@@ -953,18 +950,11 @@ class _Judged(Benchmark):
         return out
 
 
-class MMVet(_Judged):
+class MMVet(_QuestionFile, _Judged):
     """MM-Vet: judge-graded open answers (GPT-4 grader prompt; offline RuleJudge by default). Writes the
     official results JSON {"v1_<qid>": answer} for the MM-Vet grader."""
 
     kind = "mmvet"
-
-    def __init__(self, questions: str, annotations: str | None, image_root: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.questions_file, self.annotations, self.image_root = questions, annotations, image_root
-
-    def files(self) -> dict[str, str | None]:
-        return {"questions": self.questions_file, "annotations": self.annotations}
 
     def _load(self) -> list[Question]:
         qs = [q for _, _, q in self._llava_questions(self.questions_file, self.image_root)]
