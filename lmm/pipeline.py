@@ -294,4 +294,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         finish_wandb(run_dir)
     log(f"done: {run_dir / 'results.json'}")
+    close_process_group()
     return results
+
+
+def close_process_group() -> None:
+    """End the job's process group once every rank is done (Lightning leaves it open).
+
+    Left to interpreter shutdown, gloo's worker threads are torn down in an unspecified order, and the process can
+    abort ("terminate called without an active exception") after all its work succeeded.
+    """
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
