@@ -1,15 +1,21 @@
 """lmm entry point: `python run.py [overrides]` (see README). All the work happens in lmm.pipeline."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from lmm.config import register_resolvers
+from lmm.config import ConfigError, register_resolvers, validate
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    try:
+        validate(cfg)  # a wrong value fails here, in one line, before torch and the models are even imported
+    except ConfigError as err:
+        sys.exit(f"lmm: config error: {err}")
     from lmm.pipeline import run
 
     run(cfg)

@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lmm.constants import ASPECTS, ON_ERROR, PARTS, SELECT_FEATURES
+
 
 def new_run_id(name: str | None = None) -> str:
     """A run id that never collides: the given name, or the time plus random hex (not a timestamp alone)."""
@@ -18,9 +20,16 @@ def new_run_id(name: str | None = None) -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
+def bf16_precision(sharding: Any) -> str:
+    """The trainer precision for bf16 training: FSDP2's plan casts itself (keep fp32 weights), else autocast."""
+    return "32-true" if sharding else "bf16-mixed"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("lmm_run_id"):
         OmegaConf.register_new_resolver("lmm_run_id", new_run_id, use_cache=True)
+    if not OmegaConf.has_resolver("lmm_bf16_precision"):
+        OmegaConf.register_new_resolver("lmm_bf16_precision", bf16_precision)
 
 
 def fingerprint(cfg: DictConfig, keys: list[str]) -> str:
@@ -32,3 +41,48 @@ def fingerprint(cfg: DictConfig, keys: list[str]) -> str:
 
 def to_plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+# ------------------------------------------------------------------------------------------------------ validation
+STAGES = ("align", "instruct")
+TASKS = ("train", "eval")
+RANDOM_CONNECTOR = "random"  # stage.instruct.init_connector_from=random: instruct on purpose without an align stage
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, reported before anything is built or loaded."""
+
+
+def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and value not in choices:
+        raise ConfigError(f"{key}={value!r} is not a valid choice; valid choices are: {', '.join(choices)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the values Hydra cannot check (free-form strings of closed sets, cross-key rules), so a misspelling
+    fails at once with the valid choices instead of minutes later inside a stage."""
+    _choice(cfg, "task", TASKS)
+    stages = list(cfg.get("stages") or [])
+    for name in stages:
+        if name not in STAGES:
+            raise ConfigError(f"stages contains {name!r}; valid stages are: {', '.join(STAGES)}")
+    if cfg.task == "train" and not stages:
+        raise ConfigError("stages is empty: nothing to train (stages=[align,instruct], [align] or [instruct])")
+    if stages != sorted(stages, key=STAGES.index) or len(set(stages)) != len(stages):
+        raise ConfigError(f"stages={stages}: each stage at most once, align before instruct")
+    for name in STAGES:
+        _choice(cfg, f"stage.{name}.image_aspect", tuple(ASPECTS))
+        for part in OmegaConf.select(cfg, f"stage.{name}.train") or []:
+            if part not in PARTS:
+                raise ConfigError(f"stage.{name}.train contains {part!r}; valid parts are: {', '.join(PARTS)}")
+    _choice(cfg, "model.encoder.select_feature", SELECT_FEATURES)
+    for name in STAGES:
+        _choice(cfg, f"data.{name}.on_error", ON_ERROR)
+    if cfg.task == "train" and "instruct" in stages and "align" not in stages \
+            and not OmegaConf.select(cfg, "stage.instruct.init_connector_from"):
+        raise ConfigError("stages=[instruct] needs the connector it starts from: set stage.instruct.init_connector_from"
+                          "=<align stage>/connector.safetensors, or =random to start from a random connector on "
+                          "purpose")
+    if cfg.task == "eval" and not cfg.get("checkpoint"):
+        raise ConfigError("task=eval needs checkpoint=<lmm run folder, model folder or Hugging Face Llava folder>")

@@ -29,15 +29,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
-from lmm.config import fingerprint, new_run_id
+from lmm.config import RANDOM_CONNECTOR, fingerprint, new_run_id, validate
 from lmm.data.accounting import DataAccounting
 from lmm.data.images import ImageTransform
 from lmm.model.llava import LlavaModel
 from lmm.train.callbacks import LossRecord, SampleGenerations, Throughput
 from lmm.train.module import LlavaLitModule
 
+# everything an align stage depends on; `prepare` builds the tiny world its data and backbones come from
 ALIGN_KEYS = ["model.encoder", "model.connector", "model.llm", "model.max_length", "input", "data.align",
-              "stage.align", "seed", "trainer.precision", "sharding"]
+              "stage.align", "seed", "trainer.precision", "sharding", "prepare"]
 
 
 def is_global_zero() -> bool:
@@ -186,15 +187,16 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
                             gradient_checkpointing=scfg.gradient_checkpointing, stage_name=name,
                             fsdp=instantiate(cfg.sharding) if cfg.get("sharding") else None)
     loss_record = LossRecord(f"{name}/loss")
+    loggers = make_loggers(cfg, run_dir, name)
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=stage_dir / "checkpoints", every_n_train_steps=scfg.checkpoint_every_n_steps,
-                        save_top_k=0, save_last=True),
-        LearningRateMonitor(logging_interval="step"), loss_record,
+                        save_top_k=0, save_last=True), loss_record,
         Throughput(name, model.num_visual_tokens, every_n_steps=cfg.trainer.get("log_every_n_steps", 5)),
         DataAccounting(name, log_every_n_steps=cfg.trainer.get("log_every_n_steps", 5))]
+    if loggers:  # logger=none: Lightning refuses a learning-rate monitor without a logger
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=scfg.max_epochs, max_steps=scfg.max_steps,
-                                     callbacks=callbacks, logger=make_loggers(cfg, run_dir, name) or False,
-                                     default_root_dir=str(stage_dir))
+                                     callbacks=callbacks, logger=loggers or False, default_root_dir=str(stage_dir))
     micro, accumulate = micro_batching(scfg.global_batch_size, scfg.micro_batch_size, trainer.world_size)
     trainer.accumulate_grad_batches = accumulate
     datamodule = instantiate(cfg.data[name])(template=template, tokenizer=tokenizer, image_transform=transform,
@@ -220,8 +222,33 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
         summary["connector"] = str(stage_dir / "connector.safetensors")
         summary["model"] = str(stage_dir / "model") if name != "align" else None
         done.write_text(json.dumps(summary, indent=2))
+        if cfg.get("wandb_artifacts"):
+            log_stage_artifact(loggers, run_dir, stage_dir, name)
     trainer.strategy.barrier()
     return json.loads(done.read_text())
+
+
+def log_stage_artifact(loggers: list[Logger], run_dir: Path, stage_dir: Path, name: str) -> None:
+    """Put the stage's checkpoint and outputs (connector; after instruct the whole model folder) into the W&B run as
+    a model artifact, so the W&B run holds what the run folder holds. Off under preset=paper (7B checkpoints)."""
+    import wandb
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        artifact = wandb.Artifact(f"{run_dir.name}-{name}", type="model",
+                                  metadata={"stage": name, "dir": str(stage_dir)})
+        last = stage_dir / "checkpoints" / "last.ckpt"
+        if last.is_dir():  # a sharded (DCP) checkpoint
+            artifact.add_dir(str(last), name="checkpoints/last.ckpt")
+        elif last.exists():
+            artifact.add_file(str(last), name="checkpoints/last.ckpt")
+        for file in ("connector.safetensors", "stage.json"):
+            if (stage_dir / file).exists():
+                artifact.add_file(str(stage_dir / file), name=file)
+        if (stage_dir / "model").is_dir():
+            artifact.add_dir(str(stage_dir / "model"), name="model")
+        logger.experiment.log_artifact(artifact, aliases=[name, "latest"])
 
 
 def save_stage_outputs(module: LlavaLitModule, stage_dir: Path, tokenizer: Any, cfg: DictConfig, name: str) -> None:
@@ -253,6 +280,7 @@ def eval_stage(cfg: DictConfig, run_dir: Path, checkpoint: str | Path) -> dict:
 # ------------------------------------------------------------------------------------------------------------- run
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job described by `cfg`; returns what it wrote into results.json."""
+    validate(cfg)  # before anything is built, downloaded or loaded
     run_dir = run_dir_of(cfg)
     if is_global_zero():
         write_meta(cfg, run_dir)
@@ -261,16 +289,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         instantiate(step)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     log(f"run folder: {run_dir}")
+    if not cfg.get("run_id"):
+        log(f"to resume this run after a stop, run the same command with run_id={run_dir.name}")
     results: dict[str, Any] = {"run_id": run_dir.name, "stages": {}}
     try:
         if cfg.task == "train":
-            init_connector = cfg.stage.align.get("init_connector_from")
+            init_connector = None
             if "align" in cfg.stages:
                 key = fingerprint(cfg, ALIGN_KEYS)
                 align_dir = (Path(cfg.paths.output_dir) / "stages" / f"align-{key}").resolve() if cfg.reuse_align \
                     else run_dir / "align"
                 with stage_lock(align_dir):
-                    summary = train_stage(cfg, "align", align_dir, run_dir, None)
+                    summary = train_stage(cfg, "align", align_dir, run_dir, cfg.stage.align.get("init_connector_from"))
                 results["stages"]["align"] = summary
                 link = run_dir / "align"
                 if cfg.reuse_align and not link.is_symlink() and not link.exists():
@@ -279,16 +309,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 init_connector = summary["connector"]
             if "instruct" in cfg.stages:
                 init = cfg.stage.instruct.get("init_connector_from") or init_connector
+                if init == RANDOM_CONNECTOR:
+                    log("instruct: starting from a random connector (stage.instruct.init_connector_from=random)")
+                    init = None
                 results["stages"]["instruct"] = train_stage(cfg, "instruct", run_dir / "instruct", run_dir, init)
                 if cfg.get("eval") and cfg.eval.get("benchmarks"):
                     results["eval"] = eval_stage(cfg, run_dir, results["stages"]["instruct"]["model"])
-        elif cfg.task == "eval":
-            if not cfg.checkpoint:
-                raise ValueError("task=eval needs checkpoint=<lmm run folder, model folder or Hugging Face Llava "
-                                 "folder>")
+        else:  # task=eval (validate() allows nothing else)
             results["eval"] = eval_stage(cfg, run_dir, cfg.checkpoint)
-        else:
-            raise ValueError(f"task must be 'train' or 'eval', got {cfg.task!r}")
         if is_global_zero():
             (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     finally:

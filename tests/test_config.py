@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from lmm.config import register_resolvers
+from lmm.config import ConfigError, register_resolvers, validate
 from lmm.pipeline import micro_batching
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -50,10 +53,24 @@ def test_paper_preset_is_the_paper_recipe():
 
 
 def test_input_knob_means_the_same_under_both_presets():
-    for preset in ("tiny", "paper"):
-        low = cfg_of(f"preset={preset}").model.encoder.pretrained
-        high = cfg_of(f"preset={preset}", "input=res336").model.encoder.pretrained
-        assert low != high and ("336" in high)
+    """input=res336 picks the same encoder family at its higher resolution, at both scales."""
+    paper = {"clip": ("openai/clip-vit-large-patch14", "openai/clip-vit-large-patch14-336"),
+             "siglip": ("google/siglip-base-patch16-224", "google/siglip-base-patch16-384")}
+    for encoder, expected in paper.items():
+        got = tuple(cfg_of("preset=paper", f"model/encoder={encoder}", f"input={res}").model.encoder.pretrained
+                    for res in ("res224", "res336"))
+        assert got == expected
+        tiny = [cfg_of(f"model/encoder={encoder}", f"input={res}").model.encoder.pretrained
+                for res in ("res224", "res336")]
+        assert [Path(p).name for p in tiny] == [f"{encoder}-tiny-res224", f"{encoder}-tiny-res336"]
+
+
+def test_paper_preset_trains_in_bf16_with_any_strategy():
+    assert cfg_of("preset=paper").trainer.precision == "32-true"  # FSDP2's MixedPrecisionPolicy computes in bf16
+    assert cfg_of("preset=paper").sharding.param_dtype == "bfloat16"
+    for trainer in ("ddp", "default"):
+        assert cfg_of("preset=paper", f"trainer={trainer}").trainer.precision == "bf16-mixed"
+    assert cfg_of("trainer=ddp").trainer.precision == "32-true"  # the tiny preset stays fp32 on CPU
 
 
 def test_cli_override_wins_over_preset():
@@ -65,6 +82,42 @@ def test_misspelled_option_lists_the_choices():
     with pytest.raises(ConfigCompositionException) as err:
         cfg_of("model/connector=mlp2x")
     assert "mlp2x_gelu" in str(err.value) and "qformer_lite" in str(err.value)
+
+
+@pytest.mark.parametrize(("override", "names"), [
+    ("stage.align.image_aspect=padd", ["pad", "crop"]),
+    ("task=evall", ["train", "eval"]),
+    ("stages=[algn,instruct]", ["align", "instruct"]),
+    ("stage.instruct.train=[connecter,llm]", ["encoder", "connector", "llm"]),
+    ("model.encoder.select_feature=cls", ["patch", "cls_patch"]),
+    ("data.instruct.on_error=ignore", ["error", "skip"]),
+])
+def test_misspelled_value_lists_the_choices(override, names):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_of(override))
+    assert all(name in str(err.value) for name in names), str(err.value)
+
+
+def test_instruct_alone_needs_an_explicit_connector():
+    with pytest.raises(ConfigError, match="init_connector_from"):
+        validate(cfg_of("stages=[instruct]"))
+    validate(cfg_of("stages=[instruct]", "stage.instruct.init_connector_from=random"))
+    validate(cfg_of("stages=[instruct]", "stage.instruct.init_connector_from=/runs/a/align/connector.safetensors"))
+    with pytest.raises(ConfigError, match="align before instruct"):
+        validate(cfg_of("stages=[instruct,align]"))
+    with pytest.raises(ConfigError, match="checkpoint"):
+        validate(cfg_of("task=eval"))
+
+
+def test_misspelled_value_fails_before_anything_is_built(tmp_path):
+    """Through run.py: the error names the key and the choices, and the tiny world was not built first."""
+    env = dict(os.environ, LMM_OUTPUT_DIR=str(tmp_path / "out"), LMM_CACHE_DIR=str(tmp_path / "cache"),
+               WANDB_MODE="disabled")
+    proc = subprocess.run([sys.executable, "run.py", "stage.instruct.image_aspect=squash"], cwd=CONF.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "stage.instruct.image_aspect='squash'" in proc.stderr and "pad, crop" in proc.stderr
+    assert not (tmp_path / "cache").exists()
 
 
 def test_misspelled_key_fails():

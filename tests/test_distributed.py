@@ -86,6 +86,17 @@ def test_ddp_two_processes_train_both_stages(tmp_path, tiny_world):
     model, tokenizer = load_lmm_model(run_dir / "instruct" / "model")
     assert model.num_visual_tokens > 0 and tokenizer is not None
 
+    # the evaluation after instruct ran sharded over both ranks: every question answered once, in file order,
+    # and the scores equal those of one process answering everything
+    two_ranks = json.loads((run_dir / "eval" / "results.json").read_text())["benchmarks"]
+    for name in two_ranks:
+        ids = [json.loads(line)["question_id"] for line in (run_dir / "eval" / name / "answers.jsonl").open()]
+        assert len(ids) == len(set(ids)) and ids
+    run([sys.executable, "run.py", "task=eval", f"checkpoint={run_dir}", "run_id=one", "logger=csv",
+         "trainer.accelerator=cpu"], env, timeout=150)
+    one = json.loads((tmp_path / "out" / "runs" / "one" / "eval" / "results.json").read_text())["benchmarks"]
+    assert {k: v["scores"] for k, v in one.items()} == {k: v["scores"] for k, v in two_ranks.items()}
+
 
 def test_fsdp_two_processes_train_shard_and_resume(tmp_path, tiny_world):
     """FSDP2: both stages, a sharded checkpoint holding the trainable weights only, a full model folder equal to
@@ -142,7 +153,8 @@ def test_ddp_text_only_batches_keep_the_connector_in_the_graph(tmp_path, tiny_wo
     data.write_text(json.dumps(records))
     env = env_for(tmp_path, tiny_world)
     source = f"data.instruct.sources=[{{name:text_only,records:'{data}',image_root:'{tmp_path}'}}]"
-    proc = run_py(["trainer=ddp", "run_id=text", "stages=[instruct]", *SMALL, "stage.instruct.max_steps=3",
+    proc = run_py(["trainer=ddp", "run_id=text", "stages=[instruct]", "stage.instruct.init_connector_from=random",
+                   *SMALL, "stage.instruct.max_steps=3",
                    "num_sample_generations=0", source], env, timeout=120)
     assert "unused" not in proc.stderr.lower()
     results = check_stages(tmp_path / "out" / "runs" / "text", {"instruct": 3})

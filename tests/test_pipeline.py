@@ -23,6 +23,12 @@ def env_for(tmp: Path, cache: Path) -> dict[str, str]:
     return env
 
 
+def wandb_processes() -> set[int]:
+    """W&B's service processes on this machine (wandb-core runs in a session of its own, outside the run's)."""
+    out = subprocess.run(["pgrep", "-f", "wandb-core|wandb-service|wandb_internal"], capture_output=True, text=True)
+    return {int(pid) for pid in out.stdout.split()}
+
+
 def run_py(args: list[str], env: dict[str, str], timeout: int = 240) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -36,16 +42,21 @@ def cache(tmp_path_factory) -> Path:
 
 
 def test_default_job_trains_both_stages(tmp_path, cache):
+    """No WANDB_MODE and no key: W&B goes offline by itself, says how to sync, and leaves nothing running."""
     env = env_for(tmp_path, cache)
-    proc = run_py([*SMALL, "run_id=e2e", "stage.align.max_steps=6", "stage.instruct.max_steps=6",
+    del env["WANDB_MODE"]
+    env["HOME"] = str(tmp_path / "home")  # no ~/.netrc with a W&B key
+    before = wandb_processes()
+    proc = run_py([*SMALL, "run_id=e2e", "stage.align.max_steps=12", "stage.instruct.max_steps=8",
                    "num_sample_generations=3"], env)
     run = tmp_path / "out" / "runs" / "e2e"
     results = json.loads((run / "results.json").read_text())
     for stage in ("align", "instruct"):
         summary = results["stages"][stage]
-        assert summary["global_step"] == 6
+        assert summary["global_step"] == summary["losses"][-1][0]
         losses = [loss for _, loss in summary["losses"]]
-        assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+        assert len(losses) == summary["global_step"] and all(torch.isfinite(torch.tensor(losses)))
+        assert sum(losses[-3:]) < sum(losses[:3]), (stage, losses)  # the loss falls
         assert len((run / "samples" / f"{stage}.jsonl").read_text().splitlines()) == 3
     assert results["stages"]["align"]["params/trainable"] == results["stages"]["align"]["params/connector"]
     assert results["stages"]["instruct"]["params/trainable"] == (results["stages"]["instruct"]["params/connector"]
@@ -53,31 +64,45 @@ def test_default_job_trains_both_stages(tmp_path, cache):
     assert (run / "config.yaml").exists() and json.loads((run / "meta.json").read_text())["git_commit"]
     assert (run / "instruct" / "model" / "lmm_model.json").exists()
     assert (run / "align" / "checkpoints" / "last.ckpt").exists()
+    # the instruct model was evaluated on the preset's suite
+    suite = {p.stem for p in (ROOT / "conf" / "eval" / "benchmark").glob("tiny_*.yaml")}
+    assert set(results["eval"]["benchmarks"]) == suite
+    assert set(json.loads((run / "eval" / "results.json").read_text())["benchmarks"]) == suite
+    # W&B: offline by itself, one run, both stages' checkpoints in it as artifacts, and the sync command printed
     wandb_runs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(wandb_runs) == 1 and "wandb sync" in proc.stdout
+    assert len(wandb_runs) == 1 and "wandb sync" in proc.stdout and "W&B run (offline)" in proc.stdout
+    records = wandb_runs[0].read_bytes()
+    assert b"e2e-align" in records and b"e2e-instruct" in records
     metrics = (run / "logs" / "instruct" / "metrics.csv").read_text().splitlines()[0]
-    assert "instruct/loss" in metrics and "lr-AdamW" in metrics
+    assert "instruct/loss" in metrics and "instruct/lr" in metrics and "instruct/tokens_per_sec" in metrics
     # nothing left running: W&B's helper processes ended with the run
-    left = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True).stdout.strip()
-    assert not left
+    deadline = time.time() + 10
+    while wandb_processes() - before and time.time() < deadline:
+        time.sleep(0.5)
+    assert not wandb_processes() - before
 
     # a second rung that differs only after align reuses the same align stage
-    run_py([*SMALL, "run_id=e2e-b", "stage.align.max_steps=6", "stage.instruct.max_steps=2", "logger=csv",
+    run_py([*SMALL, "run_id=e2e-b", "stage.align.max_steps=12", "stage.instruct.max_steps=2", "logger=csv",
             "num_sample_generations=0"], env)
     first = (run / "align").resolve()
     second = (tmp_path / "out" / "runs" / "e2e-b" / "align").resolve()
     assert first == second
 
 
-def test_killed_run_resumes_at_its_checkpoint(tmp_path, cache):
+@pytest.mark.parametrize("stage", ["align", "instruct"])
+def test_killed_run_resumes_at_its_checkpoint(tmp_path, cache, stage):
+    """SIGKILL in the middle of a stage; the same command goes on from the last checkpoint (weights, optimizer,
+    scheduler, step) and ends where an uninterrupted run would."""
     env = env_for(tmp_path, cache)
-    args = [*SMALL, "run_id=resume", "logger=csv", "stages=[align]", "stage.align.max_steps=60",
-            "stage.align.checkpoint_every_n_steps=4", "num_sample_generations=0", "reuse_align=false",
-            "stage.align.max_epochs=10"]
+    steps = {s: (60 if s == stage else 2) for s in ("align", "instruct")}
+    args = [*SMALL, "run_id=resume", "logger=csv", "num_sample_generations=0", "reuse_align=false", "~eval",
+            f"stages={'[align]' if stage == 'align' else '[align,instruct]'}",
+            *[f"stage.{s}.max_steps={n}" for s, n in steps.items()],
+            f"stage.{stage}.checkpoint_every_n_steps=4", f"stage.{stage}.max_epochs=10"]
     run_py([*SMALL, "logger=csv", "stages=[align]", "stage.align.max_steps=1", "num_sample_generations=0"], env)
     proc = subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = tmp_path / "out" / "runs" / "resume" / "align" / "checkpoints" / "last.ckpt"
+    ckpt = tmp_path / "out" / "runs" / "resume" / stage / "checkpoints" / "last.ckpt"
     deadline = time.time() + 180
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -85,24 +110,30 @@ def test_killed_run_resumes_at_its_checkpoint(tmp_path, cache):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "no checkpoint was written before the kill"
-    saved_step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved_step = saved["global_step"]
     assert 0 < saved_step < 60
+    assert saved["optimizer_states"][0]["state"] and saved["lr_schedulers"][0]["last_epoch"] == saved_step
 
     run_py(args, env)
-    summary = json.loads((tmp_path / "out" / "runs" / "resume" / "results.json").read_text())["stages"]["align"]
+    summary = json.loads((tmp_path / "out" / "runs" / "resume" / "results.json").read_text())["stages"][stage]
     assert summary["resumed_from"] == str(ckpt)
     assert summary["start_step"] == saved_step and summary["global_step"] == 60
     assert summary["losses"][0][0] == saved_step + 1
 
 
 @pytest.mark.parametrize("variant", [["model/connector=qformer_lite"], ["model/connector=linear"], ["input=res336"],
-                                     ["model/encoder=siglip"]])
+                                     ["model/encoder=siglip"], ["logger=none"]])
 def test_variants_run(tmp_path, cache, variant):
     env = env_for(tmp_path, cache)
-    run_py([*SMALL, *variant, "run_id=v", "logger=csv", "stage.align.max_steps=2", "stage.instruct.max_steps=2",
-            "num_sample_generations=1"], env)
+    logger = [] if any(v.startswith("logger=") for v in variant) else ["logger=csv"]
+    run_py([*SMALL, *variant, *logger, "run_id=v", "stage.align.max_steps=2", "stage.instruct.max_steps=2",
+            "num_sample_generations=1", "~eval"], env)
+    if variant == ["logger=none"]:
+        assert not (tmp_path / "out" / "runs" / "v" / "logs").exists()
+        assert not (tmp_path / "out" / "runs" / "v" / "wandb").exists()
     results = json.loads((tmp_path / "out" / "runs" / "v" / "results.json").read_text())
     tokens = results["stages"]["instruct"]["model/visual_tokens_per_image"]
     expected = {"model/connector=qformer_lite": 32, "model/connector=linear": 16, "input=res336": 36,
-                "model/encoder=siglip": 16}[variant[0]]
+                "model/encoder=siglip": 16, "logger=none": 16}[variant[0]]
     assert tokens == expected

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, CLIPVisionModel, PreTrainedModel, SiglipVisionModel
 
+from lmm.constants import SELECT_FEATURES
+
 # Full image-text checkpoints (e.g. openai/clip-vit-large-patch14) hold a text tower too: load only the vision part.
 _VISION_CLASSES: dict[str, type[PreTrainedModel]] = {
     "clip": CLIPVisionModel,
@@ -31,8 +33,8 @@ class VisionEncoder(nn.Module):
 
     def __init__(self, tower: PreTrainedModel, select_layer: int = -2, select_feature: str = "patch") -> None:
         super().__init__()
-        if select_feature not in ("patch", "cls_patch"):
-            raise ValueError(f"select_feature must be 'patch' or 'cls_patch', got {select_feature!r}")
+        if select_feature not in SELECT_FEATURES:
+            raise ValueError(f"select_feature must be one of {SELECT_FEATURES}, got {select_feature!r}")
         self.tower = tower
         self.select_layer = select_layer
         self.select_feature = select_feature

@@ -10,11 +10,10 @@ import lightning as L
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from lmm.constants import PARTS
 from lmm.data.packing import packed_forward
 from lmm.model.llava import LlavaModel
 from lmm.train.sharding import clean_name
-
-PARTS = ("encoder", "connector", "llm")
 
 
 class LlavaLitModule(L.LightningModule):
@@ -77,8 +76,8 @@ class LlavaLitModule(L.LightningModule):
         self.print(f"[lmm] training {trained}: {counts['params/trainable']:,} trainable, "
                    f"{counts['params/frozen']:,} frozen parameters; {counts['model/visual_tokens_per_image']} "
                    "visual tokens per image")
-        for logger in self.loggers:
-            logger.log_hyperparams({"counts": counts, "trainable_parts": self.train_parts})
+        for logger in self.loggers:  # per stage: one W&B run holds both stages' counts
+            logger.log_hyperparams({self.stage_name: {"counts": counts, "trainable_parts": self.train_parts}})
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -87,7 +86,9 @@ class LlavaLitModule(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = math.ceil(self.warmup_ratio * total)
         scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # named per stage: both stages log into one W&B run, and their learning-rate curves must not mix
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": f"{self.stage_name}/lr"}}
 
     # ------------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -121,6 +122,18 @@ class LlavaLitModule(L.LightningModule):
         self._loss_sum.zero_()
 
     # --------------------------------------------------------------------------------------------- checkpoints
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed stage needs every trainable weight from its checkpoint (loading is not strict, because the
+        frozen parts are not saved): one missing would silently restart from the configured weights."""
+        state = checkpoint.get("state_dict")
+        if state is None:  # FSDP2Strategy loaded a sharded checkpoint itself, and checked it there
+            return
+        trainable = [f"model.{clean_name(n)}" for n, p in self.model.named_parameters() if p.requires_grad]
+        missing = [k for k in trainable if k not in state]
+        if missing:
+            raise KeyError(f"the checkpoint lacks {len(missing)} trainable weight(s) of stage {self.stage_name!r}, "
+                           f"e.g. {missing[:3]}: it was written by another stage or model")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable weights: an align checkpoint is the connector, not a copy of the 7B LLM.
 
