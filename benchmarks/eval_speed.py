@@ -43,7 +43,7 @@ def load_model(args: argparse.Namespace, world: Path):
         from lmm.eval.runner import load_checkpoint
 
         loaded = load_checkpoint(args.checkpoint)
-        return loaded.model.eval(), loaded.tokenizer, loaded.image_processor
+        return loaded.model.eval(), loaded.tokenizer, loaded.image_processor  # the checkpoint's preprocessing
     from lmm.model.connector import MLPConnector
     from lmm.model.encoder import VisionEncoder
     from lmm.model.llava import LlavaModel
@@ -53,7 +53,8 @@ def load_model(args: argparse.Namespace, world: Path):
     llm = load_llm(str(world / "llama-tiny"))
     torch.manual_seed(0)
     model = LlavaModel(encoder, MLPConnector(encoder.hidden_size, llm.config.hidden_size), llm, max_length=512)
-    return model.eval(), load_tokenizer(str(world / "llama-tiny")), str(world / "clip-tiny-res224")
+    return model.eval(), load_tokenizer(str(world / "llama-tiny")), ImageTransform.from_pretrained(
+        str(world / "clip-tiny-res224"), aspect="pad")
 
 
 def hf_one_by_one(hf, image_token_id: int, n_visual: int, tokenizer, template, transform,
@@ -94,8 +95,7 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     world = ensure_tiny_world(str(Path(args.cache) / "tiny-world"))
     bench_dir = world / "data" / "eval"
-    model, tokenizer, processor = load_model(args, world)
-    transform = ImageTransform.from_pretrained(processor, aspect="pad")
+    model, tokenizer, transform = load_model(args, world)
     template = VicunaV1Template()
     suites = {
         "gqa-analog (max_new_tokens 8)": GQA(
@@ -106,7 +106,8 @@ def main() -> None:
             bench_dir / "mm-vet" / "llava-mm-vet.jsonl", bench_dir / "mm-vet" / "mm-vet.json",
             bench_dir / "mm-vet" / "images", max_new_tokens=48)}
     hf_dir = Path(tempfile.mkdtemp(prefix="lmm-eval-speed-hf-"))
-    export_hf_llava(model, tokenizer, hf_dir, image_processor_source=processor)
+    export_hf_llava(model, tokenizer, hf_dir, image_processor_source=transform,
+                    pad_to_square=transform.aspect == "pad")
     hf = LlavaForConditionalGeneration.from_pretrained(hf_dir).eval()
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False)

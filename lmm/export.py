@@ -32,9 +32,10 @@ from transformers import (
 )
 
 from lmm.constants import IMAGE_PLACEHOLDER
-from lmm.data.images import CLIP_MEAN, CLIP_STD
+from lmm.data.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from lmm.model.connector import Connector, LinearConnector, MLPConnector
 from lmm.model.encoder import VisionEncoder
+from lmm.model.io import image_processor_config
 from lmm.model.llava import LlavaModel
 
 # Prefixes of a LlavaForConditionalGeneration state dict: (vision tower, projector, language model body, lm_head).
@@ -235,6 +236,9 @@ def _image_processor(source: Any, image_size: int, pad_to_square: bool) -> Llava
         settings: dict[str, Any] = {"size": {"shortest_edge": image_size},
                                     "crop_size": {"height": image_size, "width": image_size},
                                     "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "resample": 3}
+    elif isinstance(source, ImageTransform):  # e.g. load_checkpoint(...).image_processor
+        d = image_processor_config(source)
+        settings = {k: d[k] for k in ("size", "crop_size", "image_mean", "image_std", "resample", "rescale_factor")}
     else:
         proc = source if hasattr(source, "to_dict") else AutoImageProcessor.from_pretrained(str(source))
         d = proc.to_dict()
@@ -253,7 +257,7 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
 
     `<image>` becomes a special token of a copy of the tokenizer (which pads on the left, for batched generation);
     the LLM's embedding and lm_head grow to cover it (new rows = mean row). `image_processor_source` (a folder/hub
-    id or an image-processor instance, e.g. the encoder's) gives resize/normalisation settings; `pad_to_square`
+    id, an image-processor instance or an lmm ImageTransform) gives resize/normalisation settings; `pad_to_square`
     turns on LLaVA-1.5's mean-colour padding. The lmm model and tokenizer themselves are not modified.
     """
     out = Path(out_dir)
@@ -327,28 +331,27 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
 
 
 def _main(argv: list[str] | None = None) -> None:
-    from lmm.model.io import load_lmm_model
+    from lmm.model.io import load_image_transform, load_lmm_model
 
     parser = argparse.ArgumentParser(prog="python -m lmm.export", description=__doc__.splitlines()[0])
     parser.add_argument("lmm_model", help="folder written by lmm.model.io.save_lmm_model (holds lmm_model.json)")
     parser.add_argument("out_dir", help="where to write the Hugging Face Llava folder")
     parser.add_argument("--image-processor", default=None,
-                        help="folder or hub id of the image processor (default: the model's encoder/ folder if it "
-                             "holds a preprocessor_config.json, else CLIP defaults at the tower's resolution)")
-    parser.add_argument("--no-pad", action="store_true", help="resize + centre-crop instead of LLaVA-1.5's square pad")
+                        help="folder or hub id of the image processor (default: the preprocessing recorded in the "
+                             "model folder, i.e. what it was trained with)")
+    parser.add_argument("--no-pad", action="store_true",
+                        help="resize + centre-crop instead of square padding (default: the model folder's recorded "
+                             "pad/crop; LLaVA-1.5 pads)")
     parser.add_argument("--pad-vocab-to-multiple-of", type=int, default=None)
     args = parser.parse_args(argv)
 
     folder = Path(args.lmm_model)
     model, tokenizer = load_lmm_model(folder)
-    source = args.image_processor
-    if source is None:
-        for candidate in (folder / "encoder", folder / "model" / "encoder"):
-            if (candidate / "preprocessor_config.json").exists():
-                source = str(candidate)
-                break
+    saved = load_image_transform(folder)
+    source = args.image_processor or saved
+    pad = not args.no_pad and saved.aspect == "pad"
     out = export_hf_llava(model, tokenizer, args.out_dir, image_processor_source=source,
-                          pad_to_square=not args.no_pad, pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of)
+                          pad_to_square=pad, pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of)
     config = json.loads((out / "config.json").read_text())
     print(f"[lmm.export] wrote {out}: image_token_index={config['image_token_index']} "
           f"image_seq_length={config['image_seq_length']} projector_hidden_act={config['projector_hidden_act']}")

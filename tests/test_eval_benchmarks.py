@@ -295,3 +295,90 @@ def test_scoring_never_syncs_across_ranks(benches, monkeypatch):
     for bench in benches.values():
         qs = bench.questions()
         bench.score(qs, [oracle(bench, q) for q in qs])
+
+
+# ------------------------------------------------------------------------------------ prompts, budgets, breakdowns
+def _tsv(path: Path, rows: list[dict[str, str]]) -> Path:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="PNG")
+    image = base64.b64encode(buf.getvalue()).decode()
+    header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "image"]
+    lines = ["\t".join(header)] + ["\t".join({"image": image, **row}.get(c, "nan") for c in header) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_mmbench_prompt_layout_with_and_without_hint(tmp_path):
+    """model_vqa_mmbench: "[hint\\n]question", options until the first empty one, then the option-letter prompt."""
+    rows = [{"index": "0", "question": "What shape is red?", "hint": "The image shows simple shapes.", "A": "cube",
+             "B": "ball", "C": "cone", "D": "nan", "answer": "B", "category": "attr", "l2-category": "perception"},
+            {"index": "1", "question": "Where is it?", "hint": "nan", "A": "left", "B": "right", "C": "nan",
+             "D": "top", "answer": "A", "category": "spatial", "l2-category": "reasoning"}]
+    en = MMBench(_tsv(tmp_path / "en.tsv", rows)).questions()
+    assert en[0].text == ("The image shows simple shapes.\nWhat shape is red?\nA. cube\nB. ball\nC. cone\n"
+                          "Answer with the option's letter from the given choices directly.")
+    assert en[1].text == "Where is it?\nA. left\nB. right\nAnswer with the option's letter from the given choices " \
+                         "directly."  # options stop at the first empty one (C), so D is never shown
+    cn = MMBench(_tsv(tmp_path / "cn.tsv", rows), lang="cn").questions()
+    assert cn[0].text == ("The image shows simple shapes.\nWhat shape is red?\nA. cube\nB. ball\nC. cone\n"
+                          "请直接回答选项字母。")
+
+
+# eval.md 1 / 2: 128 for the model_vqa_loader benchmarks, 1024 for model_vqa (LLaVA-Bench, MM-Vet),
+# model_vqa_science (SQA) and model_vqa_mmbench (MMBench, -CN). The tiny analogs shorten this on purpose (the tiny
+# world's answers are a few tokens; open-ended ones a sentence), keeping their real config as their parent.
+PAPER_MAX_NEW_TOKENS = {"vqav2": 128, "gqa": 128, "vizwiz": 128, "textvqa": 128, "pope": 128, "mme": 128, "seed": 128,
+                        "llava_bench": 1024, "mmvet": 1024, "scienceqa": 1024, "mmbench": 1024, "mmbench_cn": 1024}
+TINY_MAX_NEW_TOKENS = {f"tiny_{k}": (48 if k in ("llava_bench", "mmvet") else 8) for k in PAPER_MAX_NEW_TOKENS}
+BENCHMARK_CONFIGS = sorted(p.stem for p in (ROOT / "conf" / "eval" / "benchmark").glob("*.yaml"))
+
+
+def test_every_benchmark_config_is_in_the_budget_table():
+    assert BENCHMARK_CONFIGS == sorted(PAPER_MAX_NEW_TOKENS | TINY_MAX_NEW_TOKENS)
+
+
+@pytest.mark.parametrize("name", BENCHMARK_CONFIGS)
+def test_benchmark_config_max_new_tokens(tiny_world, name):
+    cfg = suite_config(tiny_world, "tiny", (f"+eval/benchmark@eval.benchmarks.probe={name}",))
+    expected = {**PAPER_MAX_NEW_TOKENS, **TINY_MAX_NEW_TOKENS}[name]
+    assert cfg.eval.benchmarks.probe.max_new_tokens == expected
+    assert build_benchmarks(cfg.eval)[-1].max_new_tokens == expected  # what inference is given
+    if name.startswith("tiny_"):
+        parent = (ROOT / "conf" / "eval" / "benchmark" / f"{name}.yaml").read_text()
+        assert f"  - {name[len('tiny_'):]}\n" in parent  # same loader and scorer as the real benchmark
+
+
+def test_vqav2_scores_per_answer_and_question_type(benches):
+    bench = benches["vqav2"]
+    qs = bench.questions()
+    answers = [oracle(bench, q) if q.meta["answer_type"] != "number" else "zzz" for q in qs]
+    scores = bench.score(qs, answers).scores
+    types = Counter(q.meta["answer_type"] for q in qs)
+    assert "number" in types and len(types) > 1
+    for kind in types:
+        assert scores[f"acc/{kind}"] == pytest.approx(0.0 if kind == "number" else 1.0), kind
+    by_qtype: dict[str, list[float]] = {}
+    for q in qs:
+        by_qtype.setdefault(q.meta["question_type"], []).append(0.0 if q.meta["answer_type"] == "number" else 1.0)
+    assert {k[len("acc_qtype/"):] for k in scores if k.startswith("acc_qtype/")} == set(by_qtype)
+    for qtype, values in by_qtype.items():
+        assert scores[f"acc_qtype/{qtype}"] == pytest.approx(sum(values) / len(values)), qtype
+    assert scores["acc"] == pytest.approx(sum(q.meta["answer_type"] != "number" for q in qs) / len(qs))
+
+
+def test_mmbench_scores_per_category_and_l2_category(tmp_path):
+    rows = [{"index": str(i + k * 1_000_000), "question": f"q{i}", "A": "x", "B": "y", "answer": "AB"[k],
+             "category": ["attr", "count", "spatial"][i], "l2-category": ["perception", "perception", "reasoning"][i]}
+            for i in range(3) for k in range(2)]
+    bench = MMBench(_tsv(tmp_path / "m.tsv", rows))
+    qs = bench.questions()
+    # question 0 right in both rotations, 1 wrong in one, 2 right
+    texts = [q.reference if not (q.question_id % 1_000_000 == 1 and q.question_id > 1_000_000) else "A" for q in qs]
+    assert bench.score(qs, texts).scores == pytest.approx({
+        "acc": 2 / 3, "acc/attr": 1.0, "acc/count": 0.0, "acc/spatial": 1.0,
+        "acc_l2/perception": 0.5, "acc_l2/reasoning": 1.0})

@@ -8,32 +8,34 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from omegaconf import OmegaConf
 
-import lmm.pipeline
 from lmm.model.io import save_lmm_model
 from tests.test_eval_inference import world_model
+from tests.test_eval_runner import _bare_encoder, _model_on
 
 ROOT = Path(__file__).resolve().parents[1]
+# the session's tiny world (tests/conftest.py), so nothing is rebuilt
+WORLD = ["prepare.0.num_align=96", "prepare.0.num_instruct=96", "prepare.0.num_eval=16"]
 
 
-@pytest.mark.skipif(not hasattr(lmm.pipeline, "eval_stage"), reason="lmm.pipeline has no task=eval branch yet")
+def _run_eval(tmp_path: Path, tiny_world: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, LMM_OUTPUT_DIR=str(tmp_path / "out"), LMM_CACHE_DIR=str(tiny_world), WANDB_MODE="offline")
+    env.pop("WANDB_API_KEY", None)
+    proc = subprocess.run([sys.executable, "run.py", "task=eval", "data.num_workers=0", *WORLD, *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def test_task_eval_on_a_saved_model(tiny_world, tmp_path):
     world = tiny_world / "tiny-world"
     model, tokenizer, _ = world_model(world, seed=2)
     config = OmegaConf.create({"model": {"encoder": {"pretrained": str(world / "clip-tiny-res224")}}})
     save_lmm_model(model.state_dict(), model, tmp_path / "runs" / "saved" / "instruct", tokenizer=tokenizer,
                    config=config)
-    env = dict(os.environ, LMM_OUTPUT_DIR=str(tmp_path / "out"), LMM_CACHE_DIR=str(tiny_world), WANDB_MODE="offline")
-    env.pop("WANDB_API_KEY", None)
-    args = ["task=eval", f"checkpoint={tmp_path / 'runs' / 'saved'}", "run_id=ev", "data.num_workers=0",
-            # the session's tiny world (tests/conftest.py), so nothing is rebuilt
-            "prepare.0.num_align=96", "prepare.0.num_instruct=96", "prepare.0.num_eval=16",
-            "~eval.benchmarks.tiny_llava_bench", "~eval.benchmarks.tiny_mmbench_cn"]
-    proc = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _run_eval(tmp_path, tiny_world, f"checkpoint={tmp_path / 'runs' / 'saved'}", "run_id=ev",
+              "~eval.benchmarks.tiny_llava_bench", "~eval.benchmarks.tiny_mmbench_cn")
     run = tmp_path / "out" / "runs" / "ev"
     results = json.loads((run / "results.json").read_text())
     benches = results["eval"]["benchmarks"]
@@ -46,3 +48,29 @@ def test_task_eval_on_a_saved_model(tiny_world, tmp_path):
     assert not (run / "instruct").exists()  # nothing was trained
     tables = list((run / "wandb").glob("offline-run-*/files/media/table/eval/predictions_*.table.json"))
     assert len(tables) == 1
+
+
+def test_task_eval_with_a_suite_and_a_lightning_checkpoint(tiny_world, tmp_path):
+    """eval=<suite> on the command line scores exactly that suite; checkpoint=<run>/instruct/checkpoints/last.ckpt
+    evaluates the stage's model folder, at the model's own 48px although the config's encoder is the 32px one."""
+    world = tiny_world / "tiny-world"
+    model = _model_on(_bare_encoder(world, tmp_path), world)
+    _, tokenizer, _ = world_model(world)
+    stage = tmp_path / "runs" / "r48" / "instruct"
+    save_lmm_model(model.state_dict(), model, stage, tokenizer=tokenizer,
+                   config=OmegaConf.create({"stage": {"instruct": {"image_aspect": "pad"}}}))
+    (stage / "checkpoints").mkdir()
+    (stage / "checkpoints" / "last.ckpt").write_bytes(b"training state (not read by evaluation)")
+    proc = _run_eval(tmp_path, tiny_world, f"checkpoint={stage / 'checkpoints' / 'last.ckpt'}", "eval=tiny_ladder",
+                     "run_id=ladder", "logger=csv", "input=res224")
+    assert f"-> the stage's saved model folder {stage / 'model'}" in proc.stdout
+    run = tmp_path / "out" / "runs" / "ladder"
+    results = json.loads((run / "results.json").read_text())["eval"]
+    assert results["suite"] == "tiny_ladder"
+    assert list(results["benchmarks"]) == ["tiny_gqa", "tiny_mme", "tiny_mmvet"]
+    assert sorted(p.name for p in (run / "eval").iterdir() if p.is_dir()) == ["tiny_gqa", "tiny_mme", "tiny_mmvet"]
+    assert {k.split("/")[1] for k in results["summary"]} == {"tiny_gqa", "tiny_mme", "tiny_mmvet"}
+    for entry in results["benchmarks"].values():
+        assert entry["num_scored"] == entry["num_questions"] > 0 and entry["headline"] is not None
+    assert results["model_id"] == "r48"
+    assert results["protocol"]["image_size"] == 48 and results["protocol"]["image_aspect"] == "pad"

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
+from transformers import AutoImageProcessor
 
+from lmm.data.images import CLIP_MEAN
 from lmm.eval.runner import evaluate, load_checkpoint
 from lmm.export import export_hf_llava
+from lmm.model.connector import MLPConnector
+from lmm.model.encoder import VisionEncoder
 from lmm.model.io import save_lmm_model
+from lmm.model.llava import LlavaModel
+from lmm.model.llm import load_llm, load_tokenizer
 from tests.test_eval_benchmarks import suite_config
 from tests.test_eval_inference import world_model
 
@@ -84,7 +91,11 @@ def test_evaluate_writes_answers_results_and_wandb(tiny_world, saved, tmp_path, 
     assert protocol["decoding"]["do_sample"] is False and protocol["decoding"]["num_beams"] == 1
     assert on_disk["versions"]["torch"] == torch.__version__
     assert "USER: <image>\n" in on_disk["benchmarks"]["tiny_gqa"]["prompt_example"]
-    assert "RuleJudge" in on_disk["benchmarks"]["tiny_mmvet"]["judge"]
+    mmvet = on_disk["benchmarks"]["tiny_mmvet"]
+    assert mmvet["judge"] == "RuleJudge" and mmvet["judge_runs"] == 1 and mmvet["judge_temperature"] is None
+    assert mmvet["judge_run_scores"] == [mmvet["scores"]]  # one (deterministic) run
+    assert any(k.startswith("score_combo/") for k in mmvet["scores"])
+    assert protocol["image_preprocessing"]["image_aspect_ratio"] == "pad"
     assert (run_dir / "eval" / "tiny_mme" / "mme_results" / "existence.txt").exists()
     assert (run_dir / "eval" / "tiny_gqa" / "testdev_balanced_predictions.json").exists()
     samples = [json.loads(line) for line in (run_dir / "eval" / "samples.jsonl").read_text().splitlines()]
@@ -134,3 +145,139 @@ def test_missing_benchmark_files_fail_before_inference(tiny_world, saved, tmp_pa
         evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path, image_processor=loaded.image_processor,
                  trainer_kwargs=CPU)
     assert not os.path.exists(tmp_path / "eval" / "results.json")
+
+
+# ------------------------------------------------------------------------------- the checkpoint's preprocessing
+def _bare_encoder(world: Path, tmp: Path, name: str = "clip-tiny-res336") -> Path:
+    """A copy of a tiny-world tower without its preprocessor_config.json (like a hub id whose processor is not at
+    hand: only config.json and the weights)."""
+    bare = tmp / f"{name}-bare"
+    shutil.copytree(world / name, bare)
+    (bare / "preprocessor_config.json").unlink()
+    return bare
+
+
+def _model_on(encoder_dir: Path, world: Path) -> LlavaModel:
+    encoder = VisionEncoder.from_pretrained(str(encoder_dir))
+    llm = load_llm(str(world / "llama-tiny"))
+    torch.manual_seed(3)
+    return LlavaModel(encoder, MLPConnector(encoder.hidden_size, llm.config.hidden_size), llm, max_length=512).eval()
+
+
+def test_saved_model_evaluates_with_its_own_resolution(tiny_world, tmp_path):
+    """A 48px model saved from an encoder folder with no preprocessor config, evaluated under a config whose encoder
+    is the 32px res224 tower: the model folder's own preprocessing is used."""
+    world = tiny_world / "tiny-world"
+    bare = _bare_encoder(world, tmp_path)
+    model = _model_on(bare, world)
+    tokenizer = load_tokenizer(str(world / "llama-tiny"))
+    config = OmegaConf.create({"model": {"encoder": {"pretrained": str(bare)}},
+                               "stage": {"instruct": {"image_aspect": "pad"}}})
+    with pytest.warns(UserWarning, match="no image processor config"):
+        save_lmm_model(model.state_dict(), model, tmp_path / "runs" / "r48" / "instruct", tokenizer=tokenizer,
+                       config=config)
+    written = json.loads((tmp_path / "runs" / "r48" / "instruct" / "model" / "encoder" /
+                          "preprocessor_config.json").read_text())
+    assert written["crop_size"] == {"height": 48, "width": 48} and written["size"] == {"shortest_edge": 48}
+    assert written["image_mean"] == pytest.approx(list(CLIP_MEAN)) and written["image_aspect_ratio"] == "pad"
+    assert AutoImageProcessor.from_pretrained(tmp_path / "runs" / "r48" / "instruct" / "model" / "encoder")
+
+    loaded = load_checkpoint(tmp_path / "runs" / "r48")
+    assert loaded.image_processor.image_size == 48 and loaded.image_processor.aspect == "pad"
+    cfg = small_suite(tiny_world)
+    assert cfg.model.encoder.pretrained.endswith("clip-tiny-res224")  # the eval config says 32px
+    with open_dict(cfg):
+        cfg.eval.benchmarks = {"tiny_gqa": cfg.eval.benchmarks.tiny_gqa}
+        cfg.eval.benchmarks.tiny_gqa.limit = 3
+    results = evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path / "ev", image_processor=loaded.image_processor,
+                       trainer_kwargs=CPU)
+    assert results["protocol"]["image_size"] == 48 and results["protocol"]["image_aspect"] == "pad"
+    assert results["protocol"]["image_preprocessing"]["crop_size"] == {"height": 48, "width": 48}
+    assert results["benchmarks"]["tiny_gqa"]["num_questions"] == 3
+    with pytest.raises(ValueError, match="makes 32px images, but the model's encoder takes 48px"):
+        evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path / "ev2", trainer_kwargs=CPU)  # the config's encoder
+
+
+def test_saved_preprocessing_comes_from_the_hub_processor_and_the_stage(tiny_world, tmp_path, monkeypatch):
+    """A hub id (as openai/clip-vit-large-patch14-336 in the paper preset) is resolved like training resolved it;
+    the instruct stage's pad/crop is recorded and load_checkpoint uses it; eval.image_aspect overrides it."""
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    from lmm.eval.runner import _image_transform
+
+    world = tiny_world / "tiny-world"
+    model = _model_on(world / "clip-tiny-res336", world)
+    hub = {"size": {"shortest_edge": 52}, "crop_size": {"height": 48, "width": 48}, "do_center_crop": True,
+           "image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6], "resample": 2}
+
+    def fake_hub(path, **kwargs):
+        if str(path) != "org/clip-custom-336":
+            raise OSError(f"offline: {path}")
+        return dict(hub), {}
+
+    monkeypatch.setattr(ImageProcessingMixin, "get_image_processor_dict", staticmethod(fake_hub))
+    config = OmegaConf.create({"model": {"encoder": {"pretrained": "org/clip-custom-336"}},
+                               "stage": {"instruct": {"image_aspect": "crop"}}})
+    save_lmm_model(model.state_dict(), model, tmp_path / "stage", config=config,
+                   tokenizer=load_tokenizer(str(world / "llama-tiny")))
+    loaded = load_checkpoint(tmp_path / "stage")
+    t = loaded.image_processor
+    assert (t.image_size, t.resize_size, t.mean, t.std, int(t.resample), t.aspect) == \
+        (48, 52, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), 2, "crop")
+    cfg = OmegaConf.create({"eval": {"image_aspect": None}})
+    assert _image_transform(cfg, loaded.model, t)[0].aspect == "crop"
+    cfg.eval.image_aspect = "pad"
+    assert _image_transform(cfg, loaded.model, t)[0].aspect == "pad"
+
+
+def test_preprocessing_that_disagrees_with_the_encoder_is_refused(tiny_world, tmp_path):
+    world = tiny_world / "tiny-world"
+    model = _model_on(world / "clip-tiny-res336", world)
+    wrong = OmegaConf.create({"model": {"encoder": {"pretrained": str(world / "clip-tiny-res224")}}})
+    with pytest.raises(ValueError, match="crops to 32px, but the saved tower takes 48px"):
+        save_lmm_model(model.state_dict(), model, tmp_path / "bad", config=wrong)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+    right = OmegaConf.create({"model": {"encoder": {"pretrained": str(world / "clip-tiny-res336")}}})
+    save_lmm_model(model.state_dict(), model, tmp_path / "ok", config=right,
+                   tokenizer=load_tokenizer(str(world / "llama-tiny")))
+    file = tmp_path / "ok" / "model" / "encoder" / "preprocessor_config.json"
+    settings = json.loads(file.read_text())
+    settings["crop_size"] = {"height": 32, "width": 32}
+    file.write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"crops images to 32px, but the encoder .*config\.json\) takes 48px"):
+        load_checkpoint(tmp_path / "ok")
+
+
+# ------------------------------------------------------------------------------------ Lightning checkpoint paths
+def test_lightning_checkpoint_maps_to_the_stage_model(saved, tmp_path):
+    run = saved[0]
+    ckpt = run / "instruct" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(b"lightning")
+    loaded = load_checkpoint(ckpt)
+    assert loaded.source == "lmm" and loaded.model_id == "trained"
+    assert load_checkpoint(ckpt.parent).model_id == "trained"  # the checkpoints folder itself
+    # a sharded (FSDP) last.ckpt is a folder
+    sharded = tmp_path / "runs" / "fsdp"
+    shutil.copytree(run / "instruct" / "model", sharded / "instruct" / "model")
+    (sharded / "instruct" / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    assert load_checkpoint(sharded / "instruct" / "checkpoints" / "last.ckpt").model_id == "fsdp"
+
+
+def test_lightning_checkpoints_without_a_model_say_what_to_pass(tmp_path):
+    run = tmp_path / "runs" / "r1"
+    align = tmp_path / "stages" / "align-abc"
+    (align / "checkpoints").mkdir(parents=True)
+    (align / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (align / "stage.json").write_text(json.dumps({"stage": "align"}))
+    run.mkdir(parents=True)
+    (run / "align").symlink_to(align, target_is_directory=True)
+    with pytest.raises(ValueError, match=rf"align-stage checkpoint.*checkpoint={run}/instruct/model"):
+        load_checkpoint(run / "align" / "checkpoints" / "last.ckpt")
+    (run / "instruct" / "checkpoints").mkdir(parents=True)
+    (run / "instruct" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(ValueError, match=rf"no model/ folder yet.*checkpoint={run}/instruct/model"):
+        load_checkpoint(run / "instruct" / "checkpoints" / "last.ckpt")
+    (tmp_path / "loose.ckpt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="outside an lmm run"):
+        load_checkpoint(tmp_path / "loose.ckpt")

@@ -197,3 +197,22 @@ def test_save_load_lmm_and_cli(tmp_path: Path, tokenizer: PreTrainedTokenizerFas
                         inputs["pixel_values"])
         theirs = hf(**inputs).logits[..., :len(tokenizer)]
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_export_cli_takes_the_saved_preprocessing(tmp_path: Path, tokenizer: PreTrainedTokenizerFast,
+                                                  offline: None) -> None:
+    """The model folder's recorded preprocessing (here: crop, custom statistics) is what the export carries."""
+    model = tiny_lmm(tokenizer, "mlp", seed=3)
+    encoder_src = tmp_path / "encoder_src"
+    CLIPImageProcessorPil(size={"shortest_edge": 60}, crop_size={"height": 56, "width": 56},
+                          image_mean=[0.1, 0.2, 0.3], image_std=[0.3, 0.2, 0.1]).save_pretrained(encoder_src)
+    cfg = OmegaConf.create({"model": {"encoder": {"pretrained": str(encoder_src)}},
+                            "stage": {"instruct": {"image_aspect": "crop"}}})
+    save_lmm_model(model.state_dict(), model, tmp_path / "run", tokenizer=tokenizer, config=cfg)
+    export_cli([str(tmp_path / "run" / "model"), str(tmp_path / "hf")])
+    proc = AutoProcessor.from_pretrained(tmp_path / "hf").image_processor
+    assert not proc.do_pad  # trained with crop: no square padding
+    assert list(proc.image_mean) == pytest.approx([0.1, 0.2, 0.3]) and proc.size["shortest_edge"] == 60
+    ours = ImageTransform.from_pretrained(tmp_path / "run" / "model" / "encoder", aspect="crop")
+    theirs = proc(images=[_image(2)], return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(ours(_image(2)), theirs, atol=1e-5, rtol=0)

@@ -154,13 +154,85 @@ class TableJudge:
         return self.bench[prediction]
 
 
-def test_mmvet_score_overall_and_per_capability() -> None:
-    metric = MMVetScore(TableJudge(mmvet={"p1": 1.0, "p2": 0.5, "p3": 0.0}))
-    metric.update(["p1", "p2", " p3 "], ["q"] * 3, ["a"] * 3, [["rec"], ["rec", "ocr"], ["math"]])
+def test_mmvet_score_overall_per_capability_and_per_combination() -> None:
+    metric = MMVetScore(TableJudge(mmvet={"p1": 1.0, "p2": 0.5, "p3": 0.0, "p4": 0.3}))
+    metric.update(["p1", "p2", " p3 ", "p4"], ["q"] * 4, ["a"] * 4,
+                  [["rec"], ["rec", "ocr"], ["math"], ["ocr", "rec"]])
     out = metric.compute()
-    assert out == pytest.approx({"score": 50.0, "score/rec": 75.0, "score/ocr": 50.0, "score/math": 0.0})
+    # a capability counts every question that has it; a combination only questions with exactly that set
+    assert out == pytest.approx({"score": 45.0, "score/rec": 60.0, "score/ocr": 40.0, "score/math": 0.0,
+                                 "score_combo/rec": 100.0, "score_combo/rec_ocr": 40.0, "score_combo/math": 0.0})
+    assert "score_std" not in out  # one judge run
     with pytest.raises(ValueError):
         metric.update(["p1"], ["q"], ["a"], [["vision"]])
+
+
+class RunJudge:
+    """A stub judge whose grades change from call to call, as a sampled LLM judge's do."""
+
+    model = "stub-judge"
+
+    def __init__(self, mmvet_grades: Sequence[float], bench_pairs: Sequence[tuple[float, float]] = ()) -> None:
+        self.mmvet_grades, self.bench_pairs = list(mmvet_grades), list(bench_pairs)
+
+    def grade_mmvet(self, question: str, answer: str, prediction: str) -> float:
+        return self.mmvet_grades.pop(0)
+
+    def review_llava_bench(self, context, question: str, reference: str, prediction: str) -> tuple[float, float]:
+        return self.bench_pairs.pop(0)
+
+
+def test_several_judge_runs_give_mean_and_std() -> None:
+    # two questions, three runs each (question-major): run totals 50, 75, 25 -> mean 50, sample std 25
+    metric = MMVetScore(RunJudge([1.0, 1.0, 0.5, 0.0, 0.5, 0.0]), runs=3)
+    metric.update(["p", "q"], ["q"] * 2, ["a"] * 2, [["rec"], ["ocr", "math"]])
+    out = metric.compute()
+    assert out["score"] == pytest.approx(50.0) and out["score_std"] == pytest.approx(25.0)
+    assert out["score/rec"] == pytest.approx(100 * 2.5 / 3)
+    assert out["score_combo/ocr_math"] == pytest.approx(100 * 0.5 / 3)
+    assert [r["score"] for r in metric.compute_runs()] == pytest.approx([50.0, 75.0, 25.0])
+
+    bench = LLaVABenchScore(RunJudge([], [(10, 8), (10, 6), (-1, -1)]), runs=3)
+    bench.update(["p"], ["q"], ["r"], ["c"], ["conv"])
+    runs = bench.compute_runs()
+    assert [r["score"] for r in runs] == pytest.approx([80.0, 60.0, 100.0])
+    assert [r["n_failed"] for r in runs] == [0.0, 0.0, 1.0]
+    out = bench.compute()
+    assert out["score"] == pytest.approx(80.0) and out["score_std"] == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="runs"):
+        MMVetScore(runs=0)
+
+
+def test_judge_runs_default_and_are_recorded(tmp_path) -> None:
+    """Deterministic RuleJudge: 1 run by default; an LLM judge: LLaVA's 3, with its model and temperature."""
+    from lmm.eval.benchmarks import LLaVABench, MMVet
+
+    rows = [{"question_id": i, "image": "x.png", "text": f"q{i}"} for i in range(2)]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "x.png").write_bytes(b"")
+    (tmp_path / "gt.json").write_text(json.dumps({f"v1_{i}": {"question": f"q{i}", "answer": "red",
+                                                             "capability": ["rec", "ocr"]} for i in range(2)}))
+    files = {"questions": tmp_path / "q.jsonl", "annotations": tmp_path / "gt.json", "image_root": tmp_path}
+    rule = MMVet(**files)
+    assert rule.judge_runs == 1 and rule.describe()["judge_runs"] == 1
+    assert rule.describe()["judge_temperature"] is None and "NOT comparable" in rule.describe()["judge_note"]
+
+    judge, transport = _judge(["1.0", "0.5", "0.0", "1.0", "1.0", "1.0"])
+    llm = MMVet(judge=judge, **files)
+    info = llm.describe()
+    assert (info["judge_runs"], info["judge_model"], info["judge_temperature"]) == (3, "judge-model", 0.0)
+    assert info["judge_url"] == "http://127.0.0.1:8000/v1/chat/completions"
+    scored = llm.score(llm.questions(), ["red", "red"])
+    assert len(transport.calls) == 6  # 2 questions x 3 runs
+    assert scored.scores["score"] == pytest.approx(100 * 4.5 / 6)
+    assert scored.scores["score_std"] == pytest.approx(100 * 0.25)  # run totals 100, 75, 50
+    assert [r["score"] for r in scored.details["judge_run_scores"]] == pytest.approx([100.0, 75.0, 50.0])
+    assert scored.per_question == pytest.approx([0.5, 1.0])
+    assert "score_combo/rec_ocr" in scored.scores
+    assert MMVet(judge=judge, judge_runs=2, **files).judge_runs == 2
+    bench_judge, _ = _judge([], llava_bench_temperature=0.0)
+    bench = LLaVABench(tmp_path / "q.jsonl", None, None, tmp_path, judge=bench_judge, check_images=False)
+    assert bench.describe()["judge_temperature"] == 0.0 and bench.judge_runs == 3
 
 
 def test_llava_bench_relative_score_keeps_failed_reviews() -> None:

@@ -161,18 +161,26 @@ def test_scienceqa_accuracy() -> None:
 
 
 def test_mmbench_circular_groups() -> None:
-    metric = MMBenchCircular(categories=["ocr", "counting"])
+    metric = MMBenchCircular(categories=["ocr", "counting"], l2_categories=["perception", "reasoning"])
     options = {"A": "cat", "B": "dog", "C": "bird", "D": "fish"}
     # question 7: all 4 rotations right; question 8: one rotation wrong; question 9: one unresolved answer
     metric.update(["A", "B.", "(C)", "D"], ["A", "B", "C", "D"], [7, 1_000_007, 2_000_007, 3_000_007],
-                  [options] * 4, ["ocr"] * 4)
-    metric.update(["A", "B", "A"], ["A", "B", "C"], [8, 1_000_008, 2_000_008], [options] * 3, ["counting"] * 3)
-    metric.update(["B", "I am not sure"], ["B", "A"], [9, 1_000_009], [options] * 2, ["counting"] * 2)
-    metric.update(["the animal is a bird"], ["C"], [10], [options], ["counting"])  # option-text match
+                  [options] * 4, ["ocr"] * 4, ["perception"] * 4)
+    metric.update(["A", "B", "A"], ["A", "B", "C"], [8, 1_000_008, 2_000_008], [options] * 3, ["counting"] * 3,
+                  ["perception"] * 3)
+    metric.update(["B", "I am not sure"], ["B", "A"], [9, 1_000_009], [options] * 2, ["counting"] * 2,
+                  ["reasoning"] * 2)
+    metric.update(["the animal is a bird"], ["C"], [10], [options], ["counting"], ["reasoning"])  # option text
     out = metric.compute()
-    assert out == {"acc": 0.5, "acc/ocr": 1.0, "acc/counting": pytest.approx(1 / 3)}
+    assert out == {"acc": 0.5, "acc/ocr": 1.0, "acc/counting": pytest.approx(1 / 3),
+                   "acc_l2/perception": 0.5, "acc_l2/reasoning": 0.5}
     with pytest.raises(ValueError):
         metric.update(["A"], ["A"], [11], [options], ["unknown"])
+    with pytest.raises(ValueError):
+        metric.update(["A"], ["A"], [11], [options], ["ocr"], ["unknown"])
+    plain = MMBenchCircular()  # no breakdowns asked for
+    plain.update(["A"], ["A"], [1])
+    assert plain.compute() == {"acc": 1.0}
 
 
 def test_seed_accuracy() -> None:

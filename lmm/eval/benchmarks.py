@@ -117,10 +117,13 @@ class Question:
 
 @dataclass
 class Scored:
-    """Scores of a benchmark (scorer keys) and each question's score in [0, 1] (None: not scorable alone)."""
+    """Scores of a benchmark (scorer keys) and each question's score in [0, 1] (None: not scorable alone).
+
+    `details` are extra records for results.json that are not scores (e.g. every judge run's scores)."""
 
     scores: dict[str, float]
     per_question: list[float | None]
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 _B57 = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -256,11 +259,12 @@ class Benchmark:
         if not pairs:
             return Scored({}, [None] * len(qs))
         sq, st = [p[0] for p in pairs], [p[1] for p in pairs]
-        scores, per = self._score(sq, st)
+        scores, per, *details = self._score(sq, st)
         by_uid = {q.uid: s for q, s in zip(sq, per, strict=True)}
-        return Scored(scores, [by_uid.get(q.uid) for q in qs])
+        return Scored(scores, [by_uid.get(q.uid) for q in qs], details[0] if details else {})
 
-    def _score(self, qs: list[Question], texts: list[str]) -> tuple[dict[str, float], list[float | None]]:
+    def _score(self, qs: list[Question], texts: list[str]) -> tuple:
+        """(scores, per-question scores[, details for results.json]) of questions that all have a reference."""
         raise NotImplementedError
 
     def headline(self, scores: dict[str, float]) -> float | None:
@@ -332,17 +336,19 @@ class _VQAFamily(Benchmark):
         return normalize_vqa_answer(text) if self.server else text
 
     def _score(self, qs: list[Question], texts: list[str]) -> tuple[dict[str, float], list[float | None]]:
+        """Overall VQA accuracy, and as vqaEval.py reports: per answer type ("acc/<yes/no|number|other>") and per
+        question type ("acc_qtype/<what color is the>"), where the annotations give them (eval.md 3.3)."""
+        preds = [self._pred(t) for t in texts]
         metric = VQAAccuracy(official=self.server, **LOCAL)
-        by_type: dict[str, VQAAccuracy] = {}
-        per = []
-        for q, t in zip(qs, texts, strict=True):
-            pred = self._pred(t)
-            metric.update([pred], [q.reference])
-            per.append(vqa_score(pred, q.reference, official=self.server))
-            if (kind := q.meta.get("answer_type")) is not None:
-                by_type.setdefault(kind, VQAAccuracy(official=self.server, **LOCAL)).update([pred], [q.reference])
+        metric.update(preds, [q.reference for q in qs])
         scores = metric.compute()
-        scores.update({f"acc/{k}": m.compute()["acc"] for k, m in sorted(by_type.items())})
+        per = [vqa_score(p, q.reference, official=self.server) for p, q in zip(preds, qs, strict=True)]
+        for key, prefix in (("answer_type", "acc/"), ("question_type", "acc_qtype/")):
+            groups: dict[str, list[float]] = defaultdict(list)
+            for q, value in zip(qs, per, strict=True):
+                if (kind := q.meta.get(key)) is not None:
+                    groups[str(kind)].append(value)
+            scores.update({prefix + k: sum(v) / len(v) for k, v in sorted(groups.items())})
         return scores, per
 
     @staticmethod
@@ -401,10 +407,11 @@ class VQAv2(_VQAFamily):
             gt = {}
             for i, a in enumerate(anns):
                 at = f"{p}: annotations[{i}]"
-                gt[get(a, "question_id", at, int)] = (self._answers(a, at), a.get("answer_type"))
+                gt[get(a, "question_id", at, int)] = (self._answers(a, at), a.get("answer_type"),
+                                                      a.get("question_type"))
             for q in qs:
                 if q.question_id in gt:
-                    q.reference, q.meta["answer_type"] = gt[q.question_id]
+                    q.reference, q.meta["answer_type"], q.meta["question_type"] = gt[q.question_id]
         return qs
 
     def write_submission(self, out_dir: Path, qs: Sequence[Question], texts: Sequence[str]) -> list[Path]:
@@ -794,7 +801,7 @@ class MMBench(Benchmark):
         rows = list(read_tsv(p, self.REQUIRED))
         images = {row["index"]: row["image"] for _, row in rows if len(row["image"]) > 64}
         suffix = OPTION_LETTER if self.lang == "en" else OPTION_LETTER_CN
-        categories = []
+        categories, l2_categories = set(), set()
         qs = []
         for lineno, row in rows:
             at = where(p, lineno)
@@ -819,11 +826,14 @@ class MMBench(Benchmark):
             if gold is not None and gold not in options:
                 raise BenchmarkFileError(f"{at}: answer {gold!r} is not one of the options {list(options)}")
             category = None if _is_none(row.get("category")) else row["category"]
-            if category is not None and category not in categories:
-                categories.append(category)
+            l2 = None if _is_none(row.get("l2-category")) else row["l2-category"]
+            categories.add(category)
+            l2_categories.add(l2)
             qs.append(Question(len(qs), index, text, EmbeddedImage(image, at), at, gold,
-                               {"options": options, "category": category, "row": row}))
-        self.categories = sorted(categories)
+                               {"options": options, "category": category, "l2_category": l2, "row": row}))
+        # breakdowns only when every row names its (l2-)category, as the official TSVs do
+        self.categories = sorted(categories) if None not in categories else []
+        self.l2_categories = sorted(l2_categories) if None not in l2_categories else []
         return qs
 
     def answer_record(self, q: Question, text: str, model_id: str) -> dict[str, Any]:
@@ -832,10 +842,10 @@ class MMBench(Benchmark):
         return record
 
     def _score(self, qs: list[Question], texts: list[str]) -> tuple[dict[str, float], list[float | None]]:
-        cats = [q.meta["category"] for q in qs]
-        metric = MMBenchCircular(categories=self.categories if all(c is not None for c in cats) else (), **LOCAL)
-        metric.update(texts, [q.reference for q in qs], [q.question_id for q in qs],
-                      [q.meta["options"] for q in qs], cats if metric.categories else None)
+        metric = MMBenchCircular(categories=self.categories, l2_categories=self.l2_categories, **LOCAL)
+        metric.update(texts, [q.reference for q in qs], [q.question_id for q in qs], [q.meta["options"] for q in qs],
+                      [q.meta["category"] for q in qs] if self.categories else None,
+                      [q.meta["l2_category"] for q in qs] if self.l2_categories else None)
         per = [float(extract_mmbench_letter(t.strip(), q.meta["options"]) == q.reference)
                for q, t in zip(qs, texts, strict=True)]
         return metric.compute(), per
@@ -916,7 +926,8 @@ class SEED(Benchmark):
 
 # ------------------------------------------------------------------------------------------- judged benchmarks
 class _Recording:
-    """Wraps a judge and keeps every grade it gives, so the W&B table can show per-question judge scores."""
+    """Wraps a judge and keeps every grade it gives, so the W&B table can show per-question judge scores (with
+    several judge runs: each question's runs are consecutive)."""
 
     def __init__(self, judge: Judge) -> None:
         self.judge, self.grades = judge, []
@@ -933,21 +944,41 @@ class _Recording:
 
 
 class _Judged(Benchmark):
+    """A judge-graded benchmark. `judge_runs` passes of the judge are averaged (LLaVA reports the mean of 3 GPT-4
+    runs, eval.md 4.10-4.12); None: 1 for a deterministic judge (the offline RuleJudge), else 3."""
+
     headline_scale = 1.0
     headline_key = "score"
 
-    def __init__(self, judge: Judge | None = None, **kwargs: Any) -> None:
+    def __init__(self, judge: Judge | None = None, judge_runs: int | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("max_new_tokens", 1024)
         super().__init__(**kwargs)
         self.judge: Judge = judge if judge is not None else RuleJudge()
+        self.judge_runs = int(judge_runs) if judge_runs is not None else \
+            (1 if getattr(self.judge, "deterministic", False) else 3)
+        if self.judge_runs < 1:
+            raise ValueError(f"{self.name}: judge_runs must be >= 1, got {judge_runs}")
+
+    def judge_temperature(self) -> float | None:
+        """The sampling temperature of this benchmark's judge requests (None: not an LLM)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
-        out = super().describe() | {"judge": type(self.judge).__name__}
+        out = super().describe() | {"judge": type(self.judge).__name__, "judge_runs": self.judge_runs,
+                                    "judge_model": getattr(self.judge, "model", None),
+                                    "judge_temperature": self.judge_temperature()}
+        if getattr(self.judge, "url", None):
+            out["judge_url"] = self.judge.url
         if isinstance(self.judge, RuleJudge):
             out["judge_note"] = "RuleJudge: word-overlap stand-in, NOT comparable to GPT-4-judged published numbers"
-        else:
-            out["judge_model"] = getattr(self.judge, "model", None)
         return out
+
+    def _judged(self, metric: Any, judge: _Recording) -> tuple[dict[str, float], list[float | None], dict]:
+        """Scores (mean over runs), each question's mean grade, and every run's scores for results.json."""
+        runs = self.judge_runs
+        grades = judge.grades
+        per = [sum(grades[i:i + runs]) / runs for i in range(0, len(grades), runs)]
+        return metric.compute(), per, {"judge_run_scores": metric.compute_runs()}
 
 
 class MMVet(_QuestionFile, _Judged):
@@ -976,12 +1007,16 @@ class MMVet(_QuestionFile, _Judged):
                 q.meta.update(question=get(entry, "question", at, str), capabilities=caps)
         return qs
 
-    def _score(self, qs: list[Question], texts: list[str]) -> tuple[dict[str, float], list[float | None]]:
+    def judge_temperature(self) -> float | None:
+        temperatures = getattr(self.judge, "mmvet_temperatures", None)
+        return None if not temperatures else float(temperatures[0])  # unparsable replies retry hotter
+
+    def _score(self, qs: list[Question], texts: list[str]) -> tuple:
         judge = _Recording(self.judge)
-        metric = MMVetScore(judge=judge, **LOCAL)
+        metric = MMVetScore(judge=judge, runs=self.judge_runs, **LOCAL)
         metric.update(texts, [q.meta["question"] for q in qs], [q.reference for q in qs],
                       [q.meta["capabilities"] for q in qs])
-        return metric.compute(), list(judge.grades)
+        return self._judged(metric, judge)
 
     def write_submission(self, out_dir: Path, qs: Sequence[Question], texts: Sequence[str]) -> list[Path]:
         return [_write_json(out_dir / "mmvet_results.json",
@@ -1024,12 +1059,16 @@ class LLaVABench(_Judged):
                 q.meta["context"] = captions[q.meta["image_name"]]
         return [q for _, _, q in rows]
 
-    def _score(self, qs: list[Question], texts: list[str]) -> tuple[dict[str, float], list[float | None]]:
+    def judge_temperature(self) -> float | None:
+        temperature = getattr(self.judge, "llava_bench_temperature", None)
+        return None if temperature is None else float(temperature)
+
+    def _score(self, qs: list[Question], texts: list[str]) -> tuple:
         judge = _Recording(self.judge)
-        metric = LLaVABenchScore(judge=judge, **LOCAL)
+        metric = LLaVABenchScore(judge=judge, runs=self.judge_runs, **LOCAL)
         metric.update(texts, [q.text for q in qs], [q.reference for q in qs], [q.meta["context"] for q in qs],
                       [q.meta["category"] for q in qs])
-        return metric.compute(), list(judge.grades)
+        return self._judged(metric, judge)
 
 
 BENCHMARKS: dict[str, type[Benchmark]] = {c.kind: c for c in (VQAv2, GQA, VizWiz, ScienceQA, TextVQA, POPE, MME,

@@ -1,7 +1,18 @@
 """Evaluation entry points: load a checkpoint, answer a suite of benchmarks, score, and record everything.
 
+`python run.py task=eval checkpoint=<path> eval=<suite>` accepts as `checkpoint`:
+- an lmm run folder (<run>, its <run>/instruct/model is evaluated), a stage folder (<stage>) or a model folder
+  (<stage>/model, with lmm_model.json);
+- a Lightning checkpoint inside an lmm run, <run>/<stage>/checkpoints/last.ckpt: mapped to that stage's saved model
+  folder <run>/<stage>/model (the stage's final weights); if the stage has none (it has not finished, or it is the
+  align stage, which saves only its connector) the error names the folder to pass instead;
+- a Hugging Face Llava folder (config.json with model_type "llava").
+The image preprocessing (size, mean, std, pad/crop) always comes from the checkpoint (lmm model folders record it in
+encoder/preprocessor_config.json), never from the current config's encoder; `eval.image_aspect` only overrides
+pad/crop on purpose.
+
 `evaluate(cfg, model, tokenizer, run_dir, ...)` is what the pipeline calls (after the instruct stage, or for
-task=eval); `load_checkpoint(path)` reads an lmm run/model folder or a Hugging Face Llava folder. Per benchmark the
+task=eval); `load_checkpoint(path)` reads the checkpoints above. Per benchmark the
 run folder gets eval/<name>/answers.jsonl (LLaVA format, question-file order, so LLaVA's scripts re-score it), the
 official upload/eval files and scores.json; eval/results.json holds every score together with the prompts,
 decoding settings, file hashes and versions that produced it; W&B gets the scores in the run summary and a table of
@@ -30,6 +41,16 @@ from lmm.data.images import ImageTransform
 from lmm.eval.benchmarks import Benchmark, Question
 from lmm.eval.files import sha256
 from lmm.eval.inference import Decoding, EvalModule, QuestionDataset, make_loader, predict_answers
+from lmm.model.io import (
+    MODEL_CARD,
+    PREPROCESSOR,
+    default_transform,
+    image_processor_config,
+    load_image_transform,
+    load_lmm_model,
+    saved_image_transform,
+    with_aspect,
+)
 from lmm.model.llava import LlavaModel
 
 RESULTS_VERSION = 1  # bump when the layout of eval/results.json changes
@@ -52,14 +73,13 @@ class LoadedModel(NamedTuple):
 
     model: LlavaModel
     tokenizer: Any
-    image_processor: str | None  # folder with preprocessor_config.json (None: take the config's encoder)
+    image_processor: ImageTransform  # the checkpoint's own preprocessing (size, mean, std, pad/crop)
     model_id: str  # written into every answer line
     source: str  # "lmm" or "hf_llava"
+    image_processor_dir: str | None = None  # folder of its preprocessor_config.json (None: derived from the tower)
 
 
 def _lmm_model_folder(path: Path) -> Path | None:
-    from lmm.model.io import MODEL_CARD
-
     for candidate in (path, path / "model", path / "instruct" / "model"):
         if (candidate / MODEL_CARD).exists():
             return candidate
@@ -73,19 +93,55 @@ def _model_id(folder: Path) -> str:
     return folder.parent.parent.name if folder.parent.name == "instruct" else folder.parent.name
 
 
+def _model_of_lightning_checkpoint(given: Path, p: Path) -> Path:
+    """<stage>/checkpoints/last.ckpt (or the checkpoints folder) -> <stage>/model, or an error naming what to pass.
+
+    A Lightning checkpoint holds the training state, not a loadable model; the stage writes its model folder when
+    it finishes, and that folder is what evaluation reads.
+    """
+    ckpt_dir = p if p.name == "checkpoints" else p.parent  # last.ckpt is a folder when sharded (FSDP)
+    if ckpt_dir.name != "checkpoints":
+        raise ValueError(f"{given} is a Lightning checkpoint outside an lmm run (expected "
+                         "<run>/<stage>/checkpoints/last.ckpt): pass an lmm model folder (<run>/instruct/model, with "
+                         f"{MODEL_CARD}) or a Hugging Face Llava folder")
+    stage_dir = ckpt_dir.parent
+    done = stage_dir / "stage.json"
+    stage = json.loads(done.read_text()).get("stage") if done.exists() else stage_dir.name.split("-")[0]
+    run_hint = f"{given.parent.parent.parent}/instruct/model" if given.parent.name == "checkpoints" else \
+        "<run>/instruct/model"
+    if stage == "align":
+        raise ValueError(f"{given} is an align-stage checkpoint: the align stage trains only the connector and saves "
+                         f"no model folder. Evaluate the instruct stage instead: checkpoint={run_hint}")
+    model = stage_dir / "model"
+    if not (model / MODEL_CARD).exists():
+        raise ValueError(f"{given}: the stage folder {stage_dir} has no model/ folder yet (it is written when the "
+                         "stage finishes; resume the run with the same run_id to finish it), then pass "
+                         f"checkpoint={model}")
+    if p.name not in ("checkpoints", "last.ckpt"):
+        raise ValueError(f"{given}: only last.ckpt maps to the stage's saved model ({model}, its final weights); "
+                         f"pass checkpoint={model}")
+    _log(f"checkpoint {given} -> the stage's saved model folder {model}")
+    return model
+
+
 def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> LoadedModel:
-    """Load an lmm run folder (<run>/instruct/model), stage or model folder, or a Hugging Face Llava folder."""
-    p = Path(path).expanduser().resolve()
+    """Load an lmm run/stage/model folder, a Lightning last.ckpt inside an lmm run, or a Hugging Face Llava folder.
+
+    The returned image_processor is the checkpoint's own preprocessing (checked against its encoder's image_size).
+    """
+    given = Path(path).expanduser()
+    p = given.resolve()
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p}")
+    if p.suffix == ".ckpt" or (p.is_dir() and p.name == "checkpoints"):
+        p = _model_of_lightning_checkpoint(given, p)
     folder = _lmm_model_folder(p)
     if folder is not None:
-        from lmm.model.io import load_lmm_model
-
         model, tokenizer = load_lmm_model(folder, dtype=dtype)
-        processor = folder / "encoder" / "preprocessor_config.json"
-        return LoadedModel(model, tokenizer, str(processor.parent) if processor.exists() else None,
-                           _model_id(folder), "lmm")
+        transform = load_image_transform(folder)
+        has_file = (folder / "encoder" / PREPROCESSOR).exists()
+        return LoadedModel(model, tokenizer, transform, _model_id(folder), "lmm",
+                           str(folder / "encoder") if has_file else None)
     config = p / "config.json"
     if config.exists() and json.loads(config.read_text()).get("model_type") == "llava":
         from lmm.export import from_hf_llava
@@ -95,9 +151,39 @@ def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> Loaded
             raise FileNotFoundError(f"{p}: the Llava folder has no tokenizer files")
         if dtype is not None:
             model.to(getattr(torch, dtype))
-        has_processor = (p / "preprocessor_config.json").exists()
-        return LoadedModel(model, tokenizer, str(p) if has_processor else None, p.name, "hf_llava")
-    raise ValueError(f"{p} is neither an lmm run/model folder (with lmm_model.json) nor a Hugging Face Llava folder")
+        transform = saved_image_transform(p)
+        if transform is None:
+            _log(f"{p} has no {PREPROCESSOR}: using the tower family's defaults at its resolution, padded")
+            transform = default_transform(json.loads(config.read_text()), "pad")
+        return LoadedModel(model, tokenizer, transform, p.name, "hf_llava",
+                           str(p) if (p / PREPROCESSOR).exists() else None)
+    raise ValueError(f"{p} is neither an lmm run/model folder (with {MODEL_CARD}) nor a Hugging Face Llava folder")
+
+
+def _image_transform(cfg: DictConfig, model: LlavaModel,
+                     image_processor: str | os.PathLike | ImageTransform | None) -> tuple[ImageTransform, str]:
+    """(preprocessing, where it came from): the checkpoint's when given, the config's encoder only for in-process
+    models; `eval.image_aspect` overrides pad/crop. Refuses a resolution the model's encoder does not take."""
+    aspect = cfg.eval.get("image_aspect")
+    if isinstance(image_processor, ImageTransform):
+        transform, source = image_processor, "checkpoint"
+    elif image_processor is not None:
+        source = str(image_processor)
+        transform = saved_image_transform(source) if Path(source).is_dir() else None
+        transform = transform or ImageTransform.from_pretrained(source, aspect=aspect or "pad")
+    else:
+        source = OmegaConf.select(cfg, "model.encoder.pretrained")
+        if source is None:
+            raise ValueError("no image processor: pass image_processor= or set model.encoder.pretrained")
+        trained = OmegaConf.select(cfg, "stage.instruct.image_aspect") or "pad"
+        transform = ImageTransform.from_pretrained(str(source), aspect=aspect or trained)
+    if aspect:
+        transform = with_aspect(transform, str(aspect))
+    if transform.image_size != model.encoder.image_size:
+        raise ValueError(f"the image preprocessing ({source}) makes {transform.image_size}px images, but the model's "
+                         f"encoder takes {model.encoder.image_size}px: evaluate with the checkpoint's own "
+                         "preprocessing (load_checkpoint(...).image_processor)")
+    return transform, str(source)
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -216,13 +302,14 @@ def _broadcast(obj: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------------- evaluate
 def evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: str | os.PathLike,
-             loggers: list[Logger] | None = None, image_processor: str | None = None, model_id: str | None = None,
-             trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+             loggers: list[Logger] | None = None, image_processor: str | os.PathLike | ImageTransform | None = None,
+             model_id: str | None = None, trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Answer and score the suite `cfg.eval` with `model`; write answer files and eval/results.json under run_dir.
 
-    `image_processor` is a folder with the encoder's preprocessor_config.json (default: cfg.model.encoder's
-    checkpoint); `trainer_kwargs` override the predict Trainer's arguments. Returns what results.json holds (on
-    every rank).
+    `image_processor` is the model's preprocessing: an ImageTransform (load_checkpoint(...).image_processor) or a
+    folder/file/hub id with its preprocessor_config.json; only when None (a model built in-process from cfg) is
+    cfg.model.encoder's taken. `trainer_kwargs` override the predict Trainer's arguments. Returns what results.json
+    holds (on every rank).
     """
     threads = torch.get_num_threads()
     if cfg.eval.get("num_threads"):
@@ -234,15 +321,12 @@ def evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: str | 
 
 
 def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path, loggers: list[Logger] | None,
-              image_processor: str | None, model_id: str | None,
+              image_processor: str | os.PathLike | ImageTransform | None, model_id: str | None,
               trainer_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     ecfg = cfg.eval
     out_dir = run_dir / "eval"
     model_id = model_id or ecfg.get("model_id") or run_dir.name
-    processor = image_processor or OmegaConf.select(cfg, "model.encoder.pretrained")
-    if processor is None:
-        raise ValueError("no image processor: pass image_processor= or set model.encoder.pretrained")
-    transform = ImageTransform.from_pretrained(processor, aspect=ecfg.image_aspect)
+    transform, processor = _image_transform(cfg, model, image_processor)
     template = instantiate(ecfg.template)
     if ecfg.get("dtype"):
         model.to(getattr(torch, ecfg.dtype))
@@ -253,8 +337,9 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
     results: dict[str, Any] = {
         "suite": ecfg.get("name"), "model_id": model_id,
         "protocol": {"template": getattr(template, "name", type(template).__name__),
-                     "system": getattr(template, "system", None), "image_aspect": ecfg.image_aspect,
-                     "image_size": transform.image_size, "image_processor": str(processor),
+                     "system": getattr(template, "system", None), "image_aspect": transform.aspect,
+                     "image_size": transform.image_size, "image_processor": processor,
+                     "image_preprocessing": image_processor_config(transform),
                      "decoding": {"do_sample": False, "temperature": 0, "num_beams": 1, "use_cache": True,
                                   "stop_token_ids": template.stop_token_ids(tokenizer)},
                      "batch_size": int(ecfg.batch_size), "padding": "left (after splicing)",
@@ -315,7 +400,7 @@ def _finish_benchmark(bench: Benchmark, qs: list[Question], texts: list[str], da
              "questions_per_sec": round(len(qs) / seconds, 2) if seconds else None,
              "prompt_example": _prompt_example(example, tokenizer) if example else None,
              "files": _file_hashes(bench), "answers_file": str(answers),
-             "submission_files": [str(p) for p in extra], "_per_question": scored.per_question}
+             "submission_files": [str(p) for p in extra], **scored.details, "_per_question": scored.per_question}
     (out_dir / "scores.json").write_text(json.dumps({k: v for k, v in entry.items() if k != "_per_question"},
                                                     indent=2, ensure_ascii=False))
     return entry

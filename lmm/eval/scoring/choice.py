@@ -55,41 +55,58 @@ class ScienceQAAccuracy(Metric):
 class MMBenchCircular(RecordMetric):
     """MMBench circular accuracy with rule-based letter extraction only (no LLM judge; unresolved rows are wrong).
 
-    update(preds, answers, indices, options=None, categories=None): raw model texts, gold letters, the TSV `index`
-    of each row (a base question and its rotated copies share index mod 1e6), each row's options {letter: text}
-    (used by extraction; default letters A-D) and optionally each row's category, which must be one of the
-    ``categories`` the metric was built with. A base question counts only if every row of its group is right.
-    compute(): {"acc"} over base questions, plus "acc/<category>" for categories seen.
+    update(preds, answers, indices, options=None, categories=None, l2_categories=None): raw model texts, gold
+    letters, the TSV `index` of each row (a base question and its rotated copies share index mod 1e6), each row's
+    options {letter: text} (used by extraction; default letters A-D) and optionally each row's `category` and
+    `l2-category`, which must be among the ``categories`` / ``l2_categories`` the metric was built with. A base
+    question counts only if every row of its group is right. compute(): {"acc"} over base questions, plus
+    "acc/<category>" and "acc_l2/<l2-category>" for those seen (eval.md 4.8).
     """
 
-    def __init__(self, categories: Sequence[str] = (), **kwargs: Any) -> None:
-        super().__init__(width=3, **kwargs)  # columns: base index, correct, category index (-1: none)
-        self.categories = tuple(categories)
+    def __init__(self, categories: Sequence[str] = (), l2_categories: Sequence[str] = (), **kwargs: Any) -> None:
+        # columns: base index, correct, category index, l2-category index (-1: none)
+        super().__init__(width=4, **kwargs)
+        self.categories, self.l2_categories = tuple(categories), tuple(l2_categories)
+
+    @staticmethod
+    def _indices(values: Sequence[str | None] | None, known: tuple[str, ...], n: int, what: str) -> list[int]:
+        if values is None:
+            return [-1] * n
+        if len(values) != n:
+            raise ValueError(f"{len(values)} {what} values for {n} predictions")
+        out = []
+        for value in values:
+            if value is not None and value not in known:
+                raise ValueError(f"unknown {what} {value!r}; build the metric with {what}=[...]")
+            out.append(-1 if value is None else known.index(value))
+        return out
 
     def update(self, preds: Sequence[str], answers: Sequence[str], indices: Sequence[int],
-               options: Sequence[Mapping[str, str]] | None = None, categories: Sequence[str] | None = None) -> None:
+               options: Sequence[Mapping[str, str]] | None = None, categories: Sequence[str] | None = None,
+               l2_categories: Sequence[str] | None = None) -> None:
         opts = [None] * len(preds) if options is None else options
-        cats = [None] * len(preds) if categories is None else categories
+        cats = self._indices(categories, self.categories, len(preds), "categories")
+        l2s = self._indices(l2_categories, self.l2_categories, len(preds), "l2_categories")
         rows = []
-        for pred, gold, index, opt, cat in zip(preds, answers, indices, opts, cats, strict=True):
-            if cat is not None and cat not in self.categories:
-                raise ValueError(f"unknown category {cat!r}; build the metric with categories=[...]")
+        for pred, gold, index, opt, cat, l2 in zip(preds, answers, indices, opts, cats, l2s, strict=True):
             letter = extract_mmbench_letter(pred.strip(), opt)
-            cat_index = -1 if cat is None else self.categories.index(cat)
-            rows.append((int(index) % 1_000_000, int(letter == gold), cat_index))
+            rows.append((int(index) % 1_000_000, int(letter == gold), cat, l2))
         self._add_rows(rows)
 
     def compute(self) -> dict[str, float]:
         rows = self._rows()
         groups, group_ok = group_all_true(rows[:, 0], rows[:, 1].bool())
         out = {"acc": ratio(group_ok.sum(), len(groups))}
-        if self.categories and len(rows):
-            _, inverse = torch.unique(rows[:, 0], return_inverse=True)
-            group_cat = torch.full_like(groups, -1).scatter_reduce(0, inverse, rows[:, 2], "amax")
-            for index, name in enumerate(self.categories):
+        if not len(rows):
+            return out
+        _, inverse = torch.unique(rows[:, 0], return_inverse=True)
+        for column, names, prefix in ((2, self.categories, "acc/"), (3, self.l2_categories, "acc_l2/")):
+            # a group's (l2-)category: its rows agree; amax also takes a labelled row over an unlabelled one
+            group_cat = torch.full_like(groups, -1).scatter_reduce(0, inverse, rows[:, column], "amax")
+            for index, name in enumerate(names):
                 mask = group_cat == index
                 if mask.any():
-                    out[f"acc/{name}"] = ratio(group_ok[mask].sum(), mask.sum())
+                    out[prefix + name] = ratio(group_ok[mask].sum(), mask.sum())
         return out
 
 

@@ -114,6 +114,8 @@ class OpenAICompatibleJudge:
     Failed requests are retried `retries` times, `retry_wait` seconds apart, then the error is raised.
     """
 
+    deterministic = False  # sampled replies vary between runs: benchmarks average several judge runs
+
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, llava_bench_temperature: float = 0.2,
                  llava_bench_max_tokens: int = 1024, timeout: float = 120.0, retries: int = 3,
                  retry_wait: float = 2.0, transport: Transport | None = None) -> None:
@@ -123,6 +125,7 @@ class OpenAICompatibleJudge:
         self.llava_bench_temperature, self.llava_bench_max_tokens = llava_bench_temperature, llava_bench_max_tokens
         self.timeout, self.retries, self.retry_wait = timeout, retries, retry_wait
         self.transport = transport or urllib_transport
+        self.mmvet_temperatures = MMVET_TEMPERATURES
 
     def request(self, messages: list[dict[str, str]], temperature: float, max_tokens: int) -> tuple[dict, bytes]:
         """The headers and JSON body of one chat-completions call (separate so tests can check it)."""
@@ -148,7 +151,7 @@ class OpenAICompatibleJudge:
 
     def grade_mmvet(self, question: str, answer: str, prediction: str) -> float:
         """MM-Vet grader protocol: max_tokens 3; unparsable replies retried with a hint and rising temperature."""
-        for attempt, temperature in enumerate(MMVET_TEMPERATURES):
+        for attempt, temperature in enumerate(self.mmvet_temperatures):
             content = mmvet_query(question, answer, prediction, retry=attempt > 0)
             score = parse_mmvet_score(self.chat([{"role": "user", "content": content}], temperature, 3))
             if score is not None:
@@ -186,6 +189,8 @@ class RuleJudge:
       any is found; otherwise 1 if the whole ground truth is found, else the token F1. Rounded to 0.1.
     - LLaVA-Bench: the reference gets 10, the prediction 1 + 9 * token F1 with the reference, rounded to 0.1.
     """
+
+    deterministic = True  # the same grades every run: one judge run suffices
 
     def grade_mmvet(self, question: str, answer: str, prediction: str) -> float:
         pred = _tokens(prediction)
