@@ -72,11 +72,12 @@ def validate(cfg: DictConfig) -> None:
     if stages != sorted(stages, key=STAGES.index) or len(set(stages)) != len(stages):
         raise ConfigError(f"stages={stages}: each stage at most once, align before instruct")
     for name in STAGES:
-        _choice(cfg, f"stage.{name}.image_aspect", tuple(ASPECTS))
+        _choice(cfg, f"stage.{name}.image_aspect", ASPECTS)
         for part in OmegaConf.select(cfg, f"stage.{name}.train") or []:
             if part not in PARTS:
                 raise ConfigError(f"stage.{name}.train contains {part!r}; valid parts are: {', '.join(PARTS)}")
     _choice(cfg, "model.encoder.select_feature", SELECT_FEATURES)
+    _choice(cfg, "eval.image_aspect", ASPECTS)
     for name in STAGES:
         _choice(cfg, f"data.{name}.on_error", ON_ERROR)
     if cfg.task == "train" and "instruct" in stages and "align" not in stages \
