@@ -126,3 +126,32 @@ def test_strict_run_refuses_a_lenient_conversion(kit, tmp_path):
     assert "missing-image" in (tmp_path / "run" / "rejects-convert-src.jsonl").read_text()
     with pytest.raises(RecordError, match="skipped 1 bad records"):
         _module(kit, records, root, tmp_path).setup()
+
+
+def test_symlink_inside_the_root_pointing_outside_is_refused(tmp_path):
+    """The root check follows symlinks: a link (file or folder) inside the root to a file outside it is refused,
+    in strict and lenient conversion alike; links that stay inside, and a root that is itself a link, are fine."""
+    records, root = _source_with(tmp_path / "data", "linked-out", {"image": "images/link.png"})
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "x.png").write_bytes((root / "images" / "src_000000.png").read_bytes())
+    (root / "images" / "link.png").symlink_to(outside / "x.png")
+    with pytest.raises(RecordError, match=r"id 'linked-out'.*escapes the image root .*through a symlink"):
+        convert(records, root, tmp_path / "strict", progress=False)
+    index = convert(records, root, tmp_path / "lenient", on_error="skip", progress=False)
+    assert index["rejected_by_reason"] == {"image path outside root": 1}
+    assert "through a symlink" in (tmp_path / "lenient" / "rejects.jsonl").read_text()
+
+    (root / "images" / "folder").symlink_to(outside, target_is_directory=True)
+    recs = json.loads(records.read_text())
+    recs[5]["image"] = "images/folder/x.png"
+    records.write_text(json.dumps(recs))
+    with pytest.raises(RecordError, match="through a symlink"):
+        convert(records, root, tmp_path / "strict2", progress=False)
+
+    (root / "images" / "inside.png").symlink_to(root / "images" / "src_000000.png")
+    recs[5]["image"] = "images/inside.png"
+    records.write_text(json.dumps(recs))
+    (tmp_path / "root-link").symlink_to(root, target_is_directory=True)
+    index = convert(records, tmp_path / "root-link", tmp_path / "ok", progress=False)
+    assert index["num_samples"] == 12 and index["rejected"] == 0

@@ -81,3 +81,18 @@ def test_carve_writes_sources_and_reports_counts(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "okvqa" in printed and "11 records" in printed and "unknown image folder 'images/'" in printed
     assert (tmp_path / "out2" / "okvqa.jsonl").read_text().count("\n") == 1
+
+
+def test_carve_counts_and_logs_entries_that_are_not_records(tmp_path, capsys):
+    path = tmp_path / "mix.json"
+    path.write_text(json.dumps([MIX[0], ["not", "a", "record"], MIX[1], "text", 7]))
+    main([str(path), str(tmp_path / "out"), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "5 records" in printed and "rejected: 1 records (expected a JSON object, got list)" in printed
+    assert "rejected: 1 records (expected a JSON object, got str)" in printed and "got int" in printed
+    report = json.loads((tmp_path / "out" / "carve_report.json").read_text())
+    assert report["total"] == 5 and sum(report["counts"].values()) == 2 and sum(report["rejected"].values()) == 3
+    lines = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(e["record"], e["value"]) for e in lines] == [(1, ["not", "a", "record"]), (3, "text"), (4, 7)]
+    assert all("expected a JSON object" in e["reason"] and e["file"] == str(path) for e in lines)
+    assert not (tmp_path / "out" / "invalid.jsonl").exists()  # no pseudo-source

@@ -85,6 +85,39 @@ def test_epochs_walk_each_source_stream_without_gaps():
         assert len(np.unique(s, axis=0)) == len(s)
 
 
+def _per_source(plan, epochs):
+    return {s: [plan.epoch_samples(e)[plan.epoch_samples(e)[:, 0] == s, 1] for e in epochs]
+            for s in range(len(plan.sources))}
+
+
+@pytest.mark.parametrize(("sizes", "counts", "micro", "world", "accumulate"), [
+    ([1003, 500], [1003, 500], 8, 2, 1),  # the audit's case: rounded to 993/495, epoch 1 straddles pass 0's end
+    ([997, 61, 13, 250], [900, 60, 13, 400], 5, 2, 3),  # subsampled, nearly whole, whole, upsampled
+])
+def test_no_sample_twice_within_an_epoch_when_epochs_straddle_passes(sizes, counts, micro, world, accumulate):
+    """Epochs rarely end on a pass boundary: the straddling epoch must not take a sample from both passes, and every
+    pass must still show every sample exactly once (held-back samples are deferred, not dropped)."""
+    plan = MixturePlan(_infos(sizes), counts, seed=11, micro_batch_size=micro, world_size=world,
+                       accumulate=accumulate)
+    epochs = range(9)
+    streams = _per_source(plan, epochs)
+    for s, (size, c) in enumerate(zip(sizes, plan.counts, strict=True)):
+        for e, got in zip(epochs, streams[s], strict=True):
+            assert len(got) == c
+            if c <= size:
+                assert len(set(got.tolist())) == c, (s, e)
+        if c < size:  # the case under test does happen
+            assert any(c * e // size != (c * (e + 1) - 1) // size for e in epochs)
+        walked = np.concatenate(streams[s])
+        for p in range(len(walked) // size):  # each whole pass is a permutation of the source: nothing skipped
+            assert sorted(walked[p * size:(p + 1) * size].tolist()) == list(range(size)), (s, p)
+    # a pure function of the plan: a fresh plan asked for a late epoch first (a resumed run) agrees
+    fresh = MixturePlan(_infos(sizes), counts, seed=11, micro_batch_size=micro, world_size=world,
+                        accumulate=accumulate)
+    for e in (7, 2, 8, 0):
+        assert np.array_equal(fresh.epoch_micro_batches(e), plan.epoch_micro_batches(e))
+
+
 def test_order_is_deterministic_and_the_same_on_every_rank():
     a = MixturePlan(_infos([40, 40]), [40, 40], seed=1, micro_batch_size=4, world_size=2, accumulate=2)
     b = MixturePlan(_infos([40, 40]), [40, 40], seed=1, micro_batch_size=4, world_size=2, accumulate=2)

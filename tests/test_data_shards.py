@@ -86,3 +86,66 @@ def test_streaming_json_reader_handles_chunk_boundaries(tmp_path):
     path.write_text(json.dumps(items, indent=1))
     for chunk in (5, 64, 1 << 20):
         assert [obj for _, obj, _ in iter_raw_records(path, chunk_chars=chunk)] == items
+
+
+@pytest.mark.parametrize(("change", "said"), [({"verify_images": "decode"}, "verify_images 'header' -> 'decode'"),
+                                              ({"shard_bytes": 1 << 30}, "shard_bytes"),
+                                              ({"shard_samples": 5}, "shard_samples 8 -> 5")])
+def test_resume_with_other_shard_settings_starts_afresh(source, tmp_path, capsys, change, said):
+    """Shards of an interrupted conversion are only reused under the settings that wrote them."""
+    records, root = source
+
+    def stop_after_two(k: int) -> None:
+        if k == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(records, root, tmp_path / "cut", shard_samples=8, progress=False, on_shard=stop_after_two)
+    capsys.readouterr()
+    settings = {"shard_samples": 8, **change}
+    written = []
+    index = convert(records, root, tmp_path / "cut", progress=False, on_shard=written.append, **settings)
+    message = capsys.readouterr().err
+    assert said in message and "2 finished shard(s) are discarded" in message and "starts afresh" in message
+    assert written[:2] == [0, 1] and index["num_samples"] == 60  # redone from the first shard
+    convert(records, root, tmp_path / "whole", progress=False, **settings)
+    for k in range(len(index["shards"])):
+        name = f"shard-{k:05d}.bin"
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    assert not list((tmp_path / "cut").glob(f"shard-{len(index['shards']):05d}.bin"))
+
+
+def test_progress_is_counted_in_bytes_and_reaches_the_file_size(tmp_path, monkeypatch):
+    """The bar's total is the file size in bytes, so its updates must be bytes too (ShareGPT is not ASCII)."""
+    import codecs
+
+    import lmm.data.shards as shards
+
+    records = [{"id": f"zh-{i}", "conversations": [{"from": "human", "value": "你好，请介绍一下自己。" * (i % 5 + 1)},
+                                                   {"from": "gpt", "value": "Ça va — très bien, merci ☺ " * 40}]}
+               for i in range(1500)]  # 2.6 MB: the converter updates its bar every MB
+    path = tmp_path / "sharegpt.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False) + "\r\n" for r in records]
+    path.write_bytes(codecs.BOM_UTF8 + "".join(lines).encode())
+    ends = [len(codecs.BOM_UTF8) + len("".join(lines[:k + 1]).encode()) - 2 for k in range(len(lines))]
+    for chunk in (7, 1000, 1 << 20):
+        assert [n for _, _, n in iter_raw_records(path, chunk_chars=chunk)] == ends
+
+    class Bar:
+        def __init__(self, total, *args):
+            self.total, self.n, self.seen = total, 0, []
+            bars.append(self)
+
+        def update(self, k):
+            self.n += k
+            self.seen.append(self.n)
+
+        def close(self):
+            pass
+
+    bars: list[Bar] = []
+    monkeypatch.setattr(shards, "_progress_bar", Bar)
+    convert(path, tmp_path, tmp_path / "out", progress=True)
+    (bar,) = bars
+    assert bar.total == path.stat().st_size and bar.n == bar.total
+    assert len(bar.seen) >= 3 and set(bar.seen[:-1]) <= set(ends)  # on the way: the byte position of a record

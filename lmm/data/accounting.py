@@ -4,11 +4,17 @@ A mixture's weights say what was asked for; this callback logs what was delivere
 optimizer step, under `<stage>/data/<source>/samples` and `<stage>/data/<source>/supervised_tokens` (cumulative),
 `<stage>/data/rejected`, `<stage>/data/truncated` (cumulative) and `<stage>/data/pad_fraction` (over the logging
 window). The totals are part of the checkpoint, so a resumed run keeps counting where it stopped.
+
+Records a lenient conversion skipped never reach a batch, so they are logged too, from the converted sources'
+indexes: `<stage>/data/<source>/rejected_at_conversion` and `.../rejected_at_conversion/<reason>` per source
+(e.g. `missing_image`, `image_placeholders`), and `<stage>/data/rejected_at_conversion` over all sources. A run
+that lost data before its first step shows it beside what it trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -18,9 +24,13 @@ import torch
 class DataAccounting(L.Callback):
     """Counts per source from the batches' `sources` and `sample_tokens` (supervised tokens: labels != -100)."""
 
-    def __init__(self, stage: str, sources: Sequence[str] | None = None, log_every_n_steps: int = 5) -> None:
+    def __init__(self, stage: str, sources: Sequence[str] | None = None, log_every_n_steps: int = 5,
+                 conversion_rejects: Mapping[str, Mapping[str, int]] | None = None) -> None:
         self.stage, self.every = stage, max(1, int(log_every_n_steps))
         self.sources = list(sources) if sources is not None else None
+        # per source, per reason: records its conversion skipped (default: asked of the trainer's datamodule)
+        self.conversion_rejects = {k: dict(v) for k, v in conversion_rejects.items()} \
+            if conversion_rejects is not None else None
         self.totals: torch.Tensor | None = None  # [S + 1, 2]: per source (samples, tokens); last row: rejected, trunc.
         self._pending: torch.Tensor | None = None
         self._positions = torch.zeros(2, dtype=torch.float64)  # (all positions, real positions) since the last log
@@ -33,6 +43,9 @@ class DataAccounting(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.sources is None:
             self.sources = list(getattr(trainer.datamodule, "source_names", None) or [])
+        if self.conversion_rejects is None:
+            by_reason = getattr(trainer.datamodule, "conversion_rejects_by_reason", None)
+            self.conversion_rejects = by_reason() if callable(by_reason) else {}
         self._index = {name: i for i, name in enumerate(self.sources)}
         if self.totals is None:
             self.totals = torch.zeros(len(self.sources) + 1, 2, dtype=torch.float64)
@@ -90,6 +103,19 @@ class DataAccounting(L.Callback):
             out[f"{self.stage}/data/{name}/share"] = float(self.totals[i, 0]) / max(all_samples, 1.0)
         out[f"{self.stage}/data/rejected"] = float(self.totals[-1, 0])
         out[f"{self.stage}/data/truncated"] = float(self.totals[-1, 1])
+        out.update(self.conversion_metrics())
+        return out
+
+    def conversion_metrics(self) -> dict[str, float]:
+        """Records skipped when the sources were converted, per source and reason (constant during a run)."""
+        rejects = self.conversion_rejects or {}
+        out: dict[str, float] = {}
+        for name in self.sources or []:
+            reasons = rejects.get(name, {})
+            out[f"{self.stage}/data/{name}/rejected_at_conversion"] = float(sum(reasons.values()))
+            for reason, n in sorted(reasons.items()):
+                out[f"{self.stage}/data/{name}/rejected_at_conversion/{_slug(reason)}"] = float(n)
+        out[f"{self.stage}/data/rejected_at_conversion"] = float(sum(sum(r.values()) for r in rejects.values()))
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -112,3 +138,8 @@ class DataAccounting(L.Callback):
                 self.totals[i] = torch.tensor(saved[name], dtype=torch.float64)
         self.totals[-1] = torch.tensor(state["totals"][-1], dtype=torch.float64)
         self._loaded = None
+
+
+def _slug(reason: str) -> str:
+    """A metric-name-safe form of a reject reason ("image path outside root" -> "image_path_outside_root")."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", reason).strip("_").lower() or "other"

@@ -10,11 +10,14 @@ The file has no source field. The rules, in order:
     none of these                            -> llava_instruct
 VQAv2 and OKVQA are both COCO + short-answer: without a list of OKVQA record ids they stay together under "vqav2"
 (the report says so). Records whose folder is neither known nor coco/ are classified like COCO ones and counted
-under "unknown_prefix" in the report, so a renamed folder is seen rather than silently misfiled.
+under "unknown_prefix" in the report, so a renamed folder is seen rather than silently misfiled. An entry that is not
+a JSON object belongs to no source: it is counted under "rejected" in the report (and printed) and written, with its
+index, its reason and the value itself, to out_dir/rejects.jsonl, so nothing is lost without a trace.
 
     python -m lmm.data.carve llava_v1_5_mix665k.json out_dir [--okvqa-ids ids.txt]
 
-writes out_dir/<source>.jsonl and out_dir/carve_report.json, and prints the counts per source.
+writes out_dir/<source>.jsonl, out_dir/carve_report.json (and out_dir/rejects.jsonl when an entry is unusable),
+and prints the counts per source.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from lmm.data.records import Turn, iter_raw_records
 FOLDERS = {"gqa/": "gqa", "ocr_vqa/": "ocrvqa", "textvqa/": "textcaps", "vg/": "vg"}
 COCO = "coco/"
 SOURCES = ("llava_instruct", "sharegpt", "vqav2", "okvqa", "gqa", "ocrvqa", "aokvqa", "textcaps", "refcoco", "vg")
-CARVE_VERSION = 1  # part of the cache key of carved files: bump when the rules change
+CARVE_VERSION = 2  # part of the cache key of carved files: bump when the rules change
+INVALID = "invalid"  # what classify() calls an entry that is not a record (never a source)
+REJECTS = "rejects.jsonl"
 
 
 def _turns(raw: dict) -> list[Turn]:
@@ -45,7 +50,7 @@ def _turns(raw: dict) -> list[Turn]:
 def classify(raw: Any, okvqa_ids: set[str] | frozenset[str] = frozenset()) -> str:
     """The source of one raw 665K record (see the module docstring for the rules)."""
     if not isinstance(raw, dict):
-        return "invalid"
+        return INVALID
     image = raw.get("image")
     if not image:
         return "sharegpt"
@@ -75,13 +80,23 @@ def carve(records: str | os.PathLike, out_dir: str | os.PathLike, okvqa_ids: Ite
     tmp = Path(tempfile.mkdtemp(prefix=".carving-", dir=out))
     handles: dict[str, Any] = {}
     counts: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    (out / REJECTS).unlink(missing_ok=True)
     unknown_prefix: Counter[str] = Counter()
     total_bytes = os.path.getsize(records)
     bar = _bar(total_bytes, f"carving {Path(records).name}", progress)
     done = 0
     try:
-        for _, raw, consumed in iter_raw_records(records):
+        for index, raw, consumed in iter_raw_records(records):
             source = classify(raw, ids)
+            if source == INVALID:
+                reason = f"expected a JSON object, got {type(raw).__name__}"
+                rejected[reason] += 1
+                if INVALID not in handles:
+                    handles[INVALID] = open(tmp / REJECTS, "w", encoding="utf-8")
+                handles[INVALID].write(json.dumps({"file": str(records), "record": index, "reason": reason,
+                                                   "stage": "carve", "value": raw}, ensure_ascii=False) + "\n")
+                continue
             counts[source] += 1
             image = raw.get("image") if isinstance(raw, dict) else None
             if image and not any(str(image).startswith(p) for p in (*FOLDERS, COCO)):
@@ -92,10 +107,13 @@ def carve(records: str | os.PathLike, out_dir: str | os.PathLike, okvqa_ids: Ite
             if bar is not None:
                 bar.update(consumed - done)
                 done = consumed
+        if bar is not None:
+            bar.update(total_bytes - done)
         for fh in handles.values():
             fh.close()
         for source in handles:
-            os.replace(tmp / f"{source}.jsonl", out / f"{source}.jsonl")
+            name = REJECTS if source == INVALID else f"{source}.jsonl"
+            os.replace(tmp / name, out / name)
     finally:
         for fh in handles.values():
             fh.close()
@@ -104,8 +122,9 @@ def carve(records: str | os.PathLike, out_dir: str | os.PathLike, okvqa_ids: Ite
         tmp.rmdir()
         if bar is not None:
             bar.close()
-    report = {"records": str(records), "total": sum(counts.values()),
+    report = {"records": str(records), "total": sum(counts.values()) + sum(rejected.values()),
               "counts": {s: counts[s] for s in sorted(counts, key=lambda s: -counts[s])},
+              "rejected": dict(rejected), "rejects_file": str(out / REJECTS) if rejected else None,
               "unknown_prefix": dict(unknown_prefix), "okvqa_ids_given": bool(ids),
               "note": None if ids else "vqav2 holds VQAv2 and OKVQA (both COCO + short answer); pass --okvqa-ids "
                                        "to separate them", "version": CARVE_VERSION}
@@ -126,6 +145,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"{report['records']}: {report['total']:,} records"]
     for source, n in report["counts"].items():
         lines.append(f"  {source:<16}{n:>10,}  {100 * n / max(report['total'], 1):5.1f}%")
+    for reason, n in (report.get("rejected") or {}).items():
+        lines.append(f"  rejected: {n:,} records ({reason}), listed in {report['rejects_file']}")
     for prefix, n in report["unknown_prefix"].items():
         lines.append(f"  (unknown image folder {prefix!r}: {n:,} records, classified like COCO)")
     if report.get("note"):

@@ -24,7 +24,16 @@ from lmm.data.dataset import Collator, MixtureDataset, SampleBuilder
 from lmm.data.formats import FormatPrompt
 from lmm.data.mixture import MixtureLoader, MixturePlan, MixtureSampler, SourceInfo, epoch_counts
 from lmm.data.records import Record, RecordError, resolve_image_path
-from lmm.data.shards import ON_ERROR, RejectLog, ShardReader, _locked, convert, default_shard_dir, source_fingerprint
+from lmm.data.shards import (
+    ON_ERROR,
+    RejectLog,
+    ShardReader,
+    _locked,
+    convert,
+    default_shard_dir,
+    is_remote,
+    source_fingerprint,
+)
 
 SOURCE_KEYS = {"name", "records", "image_root", "shards", "carve", "format", "format_prompt", "weight", "count",
                "enabled", "description"}
@@ -139,7 +148,10 @@ class LlavaDataModule(L.LightningDataModule):
         with _locked(folder.parent / f".{folder.name}.lock"):
             if not (folder / "carve_report.json").exists():
                 _log(f"carving {records} into its sources (once) -> {folder}")
-                carve(records, folder, progress=self.progress)
+                report = carve(records, folder, progress=self.progress)
+                if report["rejected"]:
+                    _log(f"carving {records}: {sum(report['rejected'].values())} entries are not records and belong "
+                         f"to no source ({report['rejected']}); see {report['rejects_file']}")
         carved = folder / f"{spec['carve']}.jsonl"
         if not carved.exists():
             report = json.loads((folder / "carve_report.json").read_text())
@@ -148,14 +160,19 @@ class LlavaDataModule(L.LightningDataModule):
         return carved
 
     def _shard_location(self, spec: dict[str, Any]) -> str:
-        """Convert the source if needed (once, shared by runs) and return its shard folder or URL."""
-        if spec.get("shards") and not spec.get("records"):
-            return str(spec["shards"])
+        """Convert the source if needed (once, shared by runs) and return its shard folder or URL.
+
+        A remote `shards` URL (s3://, gs://, memory://, ...) is always read as is, even when `records` is also set
+        (as in the source configs): lmm converts into local folders only, and a URL must never be taken for one.
+        """
+        shards = str(spec["shards"]) if spec.get("shards") else None
+        if shards is not None and (is_remote(shards) or not spec.get("records")):
+            return shards
         records = self._records_file(spec)
         root = spec.get("image_root")
         root = Path(root) if root is not None else Path(spec["records"]).parent
-        out = Path(spec["shards"]) if spec.get("shards") else default_shard_dir(self.cache_dir, spec["name"], records,
-                                                                               root)
+        out = Path(shards.removeprefix("file://")) if shards is not None else \
+            default_shard_dir(self.cache_dir, spec["name"], records, root)
         if not (out / "index.json").exists():
             _log(f"converting source {spec['name']!r} ({records}) into lmm shards (once) -> {out}")
         convert(records, root, out, name=spec["name"], on_error=self.on_error, verify_images=self.verify_images,
@@ -172,8 +189,14 @@ class LlavaDataModule(L.LightningDataModule):
             return
         self.readers = []
         for spec in self.specs:
-            reader = ShardReader(self._shard_location(spec), cache_dir=self.remote_cache_dir,
-                                 max_cache_bytes=self.max_cache_bytes)
+            location = self._shard_location(spec)
+            try:
+                reader = ShardReader(location, cache_dir=self.remote_cache_dir, max_cache_bytes=self.max_cache_bytes)
+            except FileNotFoundError as e:
+                hint = (" lmm reads remote shards as they are and never converts into remote storage: convert "
+                        "locally (leave `shards` unset, or give a local folder) and upload the folder"
+                        if is_remote(location) else "")
+                raise FileNotFoundError(f"source {spec['name']!r}: {e}.{hint}") from e
             self._check_conversion_rejects(spec["name"], reader)
             self.readers.append(reader)
 
@@ -194,8 +217,21 @@ class LlavaDataModule(L.LightningDataModule):
             shutil.copyfile(rejects, self.output_dir / f"rejects-convert-{name}.jsonl")
 
     def conversion_rejects(self) -> dict[str, int]:
+        """Records each source's conversion skipped (lenient conversions only)."""
         self.setup()
         return {n: int(r.index.get("rejected", 0)) for n, r in zip(self.source_names, self.readers, strict=True)}
+
+    def conversion_rejects_by_reason(self) -> dict[str, dict[str, int]]:
+        """The same per reason (what DataAccounting logs): {source: {reason: count}}, for every source."""
+        self.setup()
+        out = {}
+        for name, reader in zip(self.source_names, self.readers, strict=True):
+            reasons = {str(k): int(v) for k, v in (reader.index.get("rejected_by_reason") or {}).items()}
+            missing = int(reader.index.get("rejected", 0)) - sum(reasons.values())
+            if missing > 0:  # an index without a breakdown still counts its rejects
+                reasons["unspecified"] = reasons.get("unspecified", 0) + missing
+            out[name] = reasons
+        return out
 
     # ------------------------------------------------------------------------------------------------ loading
     def _distributed(self) -> tuple[int, int, int]:

@@ -2,10 +2,19 @@
 
 The whole order is a pure function of (seed, epoch, sources, batching), computed in the main process of every rank:
 
-1. Each source is an endless stream: pass p over it is a permutation seeded by (seed, crc32(name), p). Epoch e
-   takes stream positions [e*c, (e+1)*c) where c is the source's count per epoch (weight x num_samples, an
-   absolute count, or its size), so a subsampled source shows new samples every epoch and an upsampled one repeats
-   a sample only after all others; adding a source does not change the others' orders.
+1. Each source is an endless stream of passes, each pass a permutation of the source seeded by
+   (seed, crc32(name), p). Epoch e takes stream positions [e*c, (e+1)*c) where c is the source's count per epoch
+   (weight x num_samples, an absolute count, or its size), so a subsampled source shows new samples every epoch
+   and an upsampled one repeats a sample only after all others; adding a source does not change the others'
+   orders. Since c is rarely a divisor of the size, an epoch can straddle the end of pass p and the start of pass
+   p+1, and plain shuffles would then show a sample twice in that epoch. Rule (applied when c <= size, the case
+   where no repeat is possible): pass p+1 starts with the first c - r samples of its shuffle that the straddling
+   epoch did not already take from the end of pass p (r of them); the samples held back this way follow right
+   after, in their shuffled order, so they are deferred to the next epoch, never dropped. Every pass still shows
+   every sample exactly once, and no epoch holds a sample twice. A pass's order depends on the previous pass's end,
+   so passes are computed in sequence from pass 0 (one permutation per pass, the last one cached); the order stays
+   a pure function of the plan, which is what exact resume needs. An upsampled source (c > size) repeats samples
+   within an epoch by necessity and uses the plain shuffles.
 2. The counts are interleaved by a seeded permutation of the multiset of source labels: exact proportions per
    epoch, random locally.
 3. The epoch is cut into optimizer steps of micro x world x accumulate samples (the total is rounded down to whole
@@ -76,6 +85,9 @@ def apportion(total: int, shares: Sequence[float]) -> list[int]:
     return out
 
 
+ORDER_VERSION = 2  # part of the fingerprint: a checkpoint's position from another order rule is refused
+
+
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) & 0xFFFFFFFF for k in key])
 
@@ -104,35 +116,66 @@ class MixturePlan:
         self.num_samples = sum(self.counts)
         self.micro_batches_per_rank = self.num_samples // (self.micro * self.world)
         self._cache: tuple[int, np.ndarray] | None = None
+        self._passes: dict[int, tuple[int, np.ndarray]] = {}  # per source: the last pass computed and its order
 
     def fingerprint(self) -> str:
         """A hash of everything the order depends on: a checkpoint's position only means something for the same."""
         blob = json.dumps({"sources": [(s.name, s.size) for s in self.sources], "counts": self.counts,
                            "seed": self.seed, "micro": self.micro, "world": self.world, "accumulate": self.accumulate,
-                           "group": self.group, "shuffle": self.shuffle})
+                           "group": self.group, "shuffle": self.shuffle, "order": ORDER_VERSION})
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
         return {"num_samples": self.num_samples, "requested": sum(self.requested), "step_samples": self.step_samples,
                 "steps": self.num_samples // self.step_samples, "micro_batches_per_rank": self.micro_batches_per_rank,
                 "counts": {s.name: c for s, c in zip(self.sources, self.counts, strict=True)},
-                "group_by_modality_length": self.group}
+                "group_by_modality_length": self.group, "order_rule": ORDER_VERSION}
 
     # ------------------------------------------------------------------------------------------------ order
     def stream(self, s: int, start: int, count: int) -> np.ndarray:
-        """Positions [start, start + count) of source s's endless stream of shuffled passes."""
+        """Positions [start, start + count) of source s's endless stream of passes."""
         src = self.sources[s]
         out, pos = [], start
         while pos < start + count:
             p, offset = divmod(pos, src.size)
             take = min(src.size - offset, start + count - pos)
-            if self.shuffle:
-                perm = _rng(self.seed, zlib.crc32(src.name.encode()), p).permutation(src.size)
-            else:
-                perm = np.arange(src.size)
-            out.append(perm[offset:offset + take])
+            out.append(self.pass_order(s, p)[offset:offset + take])
             pos += take
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def _shuffle(self, s: int, p: int) -> np.ndarray:
+        src = self.sources[s]
+        if not self.shuffle:
+            return np.arange(src.size)
+        return _rng(self.seed, zlib.crc32(src.name.encode()), p).permutation(src.size)
+
+    def pass_order(self, s: int, p: int) -> np.ndarray:
+        """The order of pass p over source s: its shuffle, with the straddling epoch's samples held back (see the
+        module docstring)."""
+        size, c = self.sources[s].size, self.counts[s]
+        if p == 0 or c == 0 or c > size:
+            return self._shuffle(s, p)
+        q, order = self._passes.get(s, (0, None))
+        if q > p or order is None:
+            q, order = 0, self._shuffle(s, 0)
+        while q < p:
+            order = self._next_pass(s, q, order)
+            q += 1
+        self._passes[s] = (p, order)
+        return order
+
+    def _next_pass(self, s: int, q: int, previous: np.ndarray) -> np.ndarray:
+        """Pass q + 1 from pass q's order: the epoch straddling their boundary took pass q's last r samples, so
+        the first c - r of pass q + 1 are chosen among the others (possible since c <= size)."""
+        size, c = self.sources[s].size, self.counts[s]
+        order = self._shuffle(s, q + 1)
+        r = (q + 1) * size % c
+        if r == 0:  # an epoch ends exactly at the boundary
+            return order
+        taken = np.isin(order, previous[size - r:])
+        head = np.zeros(size, dtype=bool)
+        head[np.flatnonzero(~taken)[: c - r]] = True
+        return np.concatenate([order[head], order[~head]])
 
     def epoch_samples(self, epoch: int) -> np.ndarray:
         """The epoch's samples as an [N, 2] array of (source, index), interleaved."""

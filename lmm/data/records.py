@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -95,8 +97,12 @@ def load_records(path: str | os.PathLike) -> list[Record]:
     return records
 
 
-def resolve_image_path(image_root: str | os.PathLike, rel: str) -> Path:
-    """Join an image path to its root, refusing absolute paths and paths that climb out of the root."""
+def resolve_image_path(image_root: str | os.PathLike, rel: str, follow_symlinks: bool = True) -> Path:
+    """Join an image path to its root, refusing absolute paths and paths that climb out of the root.
+
+    Climbing out is checked on the path as written and, with `follow_symlinks`, on the real file too: a symlink
+    inside the root that points elsewhere would otherwise let a record read any file on the machine.
+    """
     if not rel:
         raise RecordError("empty image path")
     if os.path.isabs(rel) or Path(rel).is_absolute():
@@ -105,11 +111,32 @@ def resolve_image_path(image_root: str | os.PathLike, rel: str) -> Path:
     full = os.path.normpath(os.path.join(root, rel))
     if os.path.commonpath([root, full]) != root:
         raise RecordError(f"image path {rel!r} escapes the image root {str(image_root)!r}")
+    if follow_symlinks and full != root:
+        # only links below the root can lead out of it: look for one (an lstat per part) before resolving
+        path = root
+        for part in full[len(root):].lstrip(os.sep).split(os.sep):
+            path = os.path.join(path, part)
+            if os.path.islink(path):
+                real_root, real = _realpath(root), os.path.realpath(full)
+                if os.path.commonpath([real_root, real]) != real_root:
+                    raise RecordError(f"image path {rel!r} escapes the image root {str(image_root)!r} through a "
+                                      f"symlink (it resolves to {real!r})")
+                break
     return Path(full)
 
 
-def record_problem(rec: Record, image_root: str | os.PathLike = ".") -> str | None:
-    """The first reason the record is unusable (structure, placeholders, image path), or None when it is fine."""
+@functools.lru_cache(maxsize=64)
+def _realpath(path: str) -> str:
+    """The real path of an image root (asked once per record, so remembered)."""
+    return os.path.realpath(path)
+
+
+def record_problem(rec: Record, image_root: str | os.PathLike | None = None) -> str | None:
+    """The first reason the record is unusable (structure, placeholders, image path), or None when it is fine.
+
+    Without an `image_root` the image path is only checked as written (no file system access): that is the check
+    for samples whose image bytes were already taken from their real root when converting.
+    """
     convs = rec.conversations
     if not convs:
         return "missing or empty 'conversations'"
@@ -128,7 +155,8 @@ def record_problem(rec: Record, image_root: str | os.PathLike = ".") -> str | No
         if n_placeholders != 1:
             return f"image record must contain exactly one {IMAGE_PLACEHOLDER} placeholder, found {n_placeholders}"
         try:
-            resolve_image_path(image_root, rec.image)
+            resolve_image_path(image_root if image_root is not None else ".", rec.image,
+                               follow_symlinks=image_root is not None)
         except RecordError as e:
             return str(e)
     elif n_placeholders:
@@ -137,7 +165,7 @@ def record_problem(rec: Record, image_root: str | os.PathLike = ".") -> str | No
 
 
 def validate_record(
-    rec: Record, source: Any = "<memory>", index: int | None = None, image_root: str | os.PathLike = "."
+    rec: Record, source: Any = "<memory>", index: int | None = None, image_root: str | os.PathLike | None = None
 ) -> Record:
     """Check a record's structure (roles, placeholders, image path) and return it; raise RecordError otherwise."""
     reason = record_problem(rec, image_root)
@@ -147,24 +175,34 @@ def validate_record(
 
 
 def iter_raw_records(path: str | os.PathLike, chunk_chars: int = 1 << 20) -> Iterator[tuple[int, Any, int]]:
-    """Stream (index, decoded JSON object, characters consumed so far) from a JSON list or JSONL file.
+    """Stream (index, decoded JSON object, bytes of the file consumed so far) from a JSON list or JSONL file.
 
     The 665K mixture is a ~1 GB JSON list: this decodes one object at a time from a bounded buffer, so converting
-    or carving it never holds the whole file (json.load does). The third value drives progress bars.
+    or carving it never holds the whole file (json.load does). The third value is in bytes, like the file size,
+    so that progress bars reach their total for non-ASCII text too (ShareGPT); it is counted by encoding each
+    stretch of consumed text once, and newlines are not translated so that CRLF files count right.
     """
     decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8-sig") as fh:
-        buf, pos, consumed, lines, index = fh.read(chunk_chars), 0, 0, 0, 0
+    with open(path, "rb") as raw_fh:
+        bom = len(codecs.BOM_UTF8) if raw_fh.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else 0
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        buf, pos, lines, index = fh.read(chunk_chars), 0, 0, 0
+        counted, done_bytes = 0, bom  # buf[:counted] is already in done_bytes
         eof = len(buf) < chunk_chars
 
+        def count_to_pos() -> None:
+            nonlocal counted, done_bytes
+            done_bytes += len(buf[counted:pos].encode("utf-8"))
+            counted = pos
+
         def fill() -> None:
-            nonlocal buf, pos, consumed, lines, eof
+            nonlocal buf, pos, lines, eof, counted
             if not eof:
                 more = fh.read(chunk_chars)
                 eof = len(more) < chunk_chars
-                consumed += pos
+                count_to_pos()
                 lines += buf.count("\n", 0, pos)
-                buf, pos = buf[pos:] + more, 0
+                buf, pos, counted = buf[pos:] + more, 0, 0
 
         def skip(chars: str) -> None:
             nonlocal pos
@@ -199,5 +237,6 @@ def iter_raw_records(path: str | os.PathLike, chunk_chars: int = 1 << 20) -> Ite
                         raise RecordError(f"{path}: line {line}: record {index}: invalid JSON ({e.msg})") from e
                     fill()
             pos = end
-            yield index, obj, consumed + pos
+            count_to_pos()
+            yield index, obj, done_bytes
             index += 1

@@ -27,6 +27,7 @@ import json
 import mmap
 import os
 import struct
+import sys
 import tempfile
 import time
 from collections import OrderedDict
@@ -191,7 +192,9 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
     an image path inside the image root, an image file that exists and opens). `on_error="error"` raises a
     RecordError naming the file, the record and the reason; `"skip"` writes the record with its reason to
     out_dir/rejects.jsonl and counts it in index.json. An interrupted conversion resumes from its last finished
-    shard (`progress.json`); a finished one is returned as is. `on_shard(k)` is called after shard k is written.
+    shard (`progress.json`) when the input and every setting that shapes the shards (on_error, verify_images,
+    shard_bytes, shard_samples) are the same, and otherwise starts afresh, saying why; a finished one is returned
+    as is. `on_shard(k)` is called after shard k is written.
     Returns the index (the content of index.json).
     """
     if on_error not in ON_ERROR:
@@ -211,12 +214,21 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
                               f"({index.get('source')}), not of {fingerprint}; remove it or choose another folder")
         out.mkdir(parents=True, exist_ok=True)
         progress_file = out / "progress.json"
-        state = {"source": fingerprint, "consumed": 0, "shards": [], "rejected": 0, "reasons": {},
-                 "on_error": on_error}
+        # everything the shards written so far depend on: resuming with another value would mix two conversions
+        settings = {"source": fingerprint, "on_error": on_error, "verify_images": verify_images,
+                    "shard_bytes": int(shard_bytes), "shard_samples": int(shard_samples)}
+        state = {**settings, "consumed": 0, "shards": [], "rejected": 0, "reasons": {}}
         if progress_file.exists():
             previous = json.loads(progress_file.read_text())
-            if previous.get("source") == fingerprint and previous.get("on_error") == on_error:
+            changed = [k for k, v in settings.items() if previous.get(k) != v]
+            if not changed:
                 state = previous
+            else:
+                what = ", ".join("the input file (path, size or modification time)" if k == "source" else
+                                 f"{k} {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
+                _note(f"{out}: an interrupted conversion was found, made with other settings ({what}); its "
+                      f"{len(previous.get('shards', []))} finished shard(s) are discarded and the conversion "
+                      "starts afresh")
         if state["consumed"]:
             _truncate_lines(out / "rejects.jsonl", state["rejected"])
         else:
@@ -227,7 +239,8 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
                 stale.unlink()
         rejects = RejectLog(out / "rejects.jsonl")
         writer = _ShardWriter(out, shard_bytes, shard_samples)
-        bar = _progress_bar(os.path.getsize(records), f"converting {name or records.name}", progress)
+        total_bytes = os.path.getsize(records)
+        bar = _progress_bar(total_bytes, f"converting {name or records.name}", progress)
         shown = 0
         started = time.perf_counter()
 
@@ -266,6 +279,8 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
                 if writer.add(encode_sample(rec, image), words_of(rec), image is not None):
                     finish_shard(index_in + 1)
             finish_shard(index_in + 1)
+            if bar is not None:  # the whole file was read: what follows the last record (e.g. "]") too
+                bar.update(total_bytes - shown)
         finally:
             if bar is not None:
                 bar.close()
@@ -284,7 +299,12 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
         return index
 
 
+def _note(msg: str) -> None:
+    print(f"[lmm] {msg}", file=sys.stderr, flush=True)
+
+
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    """A bar in bytes of the input file (iter_raw_records reports bytes consumed)."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
@@ -326,7 +346,7 @@ def _load_record(raw: Any, records: Path, index: int, root: Path, verify: str) -
         raise SampleError(where, rec.id, reason, _kind(reason))
     if rec.image is None:
         return rec, None
-    path = resolve_image_path(root, rec.image)
+    path = resolve_image_path(root, rec.image, follow_symlinks=False)  # record_problem followed the links
     try:
         data = path.read_bytes()
     except FileNotFoundError as e:
@@ -341,7 +361,8 @@ def _load_record(raw: Any, records: Path, index: int, root: Path, verify: str) -
 
 
 # ------------------------------------------------------------------------------------------------------ reading
-def _is_remote(location: str) -> bool:
+def is_remote(location: str) -> bool:
+    """Whether a shard location is an fsspec URL (file:// and plain paths are local folders)."""
     return "://" in location and not location.startswith("file://")
 
 
@@ -354,7 +375,7 @@ class ShardReader:
     def __init__(self, location: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                  max_cache_bytes: int | None = None, max_open: int = 32) -> None:
         self.location = str(location)
-        self.remote = _is_remote(self.location)
+        self.remote = is_remote(self.location)
         if self.remote:
             base = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "lmm-shard-cache"
             self.local = base / hashlib.sha256(self.location.encode()).hexdigest()[:16]
