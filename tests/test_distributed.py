@@ -86,15 +86,22 @@ def test_ddp_two_processes_train_both_stages(tmp_path, tiny_world):
     model, tokenizer = load_lmm_model(run_dir / "instruct" / "model")
     assert model.num_visual_tokens > 0 and tokenizer is not None
 
-    # the evaluation after instruct ran sharded over both ranks: every question answered once, in file order,
-    # and the scores equal those of one process answering everything
-    two_ranks = json.loads((run_dir / "eval" / "results.json").read_text())["benchmarks"]
-    for name in two_ranks:
-        ids = [json.loads(line)["question_id"] for line in (run_dir / "eval" / name / "answers.jsonl").open()]
-        assert len(ids) == len(set(ids)) and ids
-    run([sys.executable, "run.py", "task=eval", f"checkpoint={run_dir}", "run_id=one", "logger=csv",
+    # the evaluation after instruct ran sharded over both ranks: the same answer files (every question once, in
+    # question-file order; MME's ids repeat, two questions per image) and scores as one process answering everything
+    run([sys.executable, "run.py", *WORLD, "task=eval", f"checkpoint={run_dir}", "run_id=one", "logger=csv",
          "trainer.accelerator=cpu"], env, timeout=150)
-    one = json.loads((tmp_path / "out" / "runs" / "one" / "eval" / "results.json").read_text())["benchmarks"]
+    one_dir = tmp_path / "out" / "runs" / "one"
+    two_ranks = json.loads((run_dir / "eval" / "results.json").read_text())["benchmarks"]
+    one = json.loads((one_dir / "eval" / "results.json").read_text())["benchmarks"]
+    assert set(one) == set(two_ranks) and one
+
+    def answers(folder: Path, name: str) -> list[tuple[str, str]]:
+        lines = (folder / "eval" / name / "answers.jsonl").read_text().splitlines()
+        return [(a["question_id"], a["text"]) for a in map(json.loads, lines)]
+
+    for name in one:
+        assert answers(run_dir, name) == answers(one_dir, name) and answers(one_dir, name)
+        assert len(answers(one_dir, name)) == one[name]["num_questions"]
     assert {k: v["scores"] for k, v in one.items()} == {k: v["scores"] for k, v in two_ranks.items()}
 
 
