@@ -1,7 +1,7 @@
 """Input-pipeline benchmark (a script, not a timed test): is data loading the bottleneck of training?
 
-Prints samples/s of lmm's whole input pipeline (read from shards, decode, pad, resize, normalise, tokenise and mask,
-collate) with 0 and 2 dataloader workers, beside
+Prints samples/s of lmm's whole input pipeline (read from litdata parts, decode, pad, resize, normalise, tokenise
+and mask, collate) with 0 and 2 dataloader workers, beside
   - the tiny preset's train step (instruct stage: forward + backward + AdamW step) consuming micro-batches of 16,
   - a naive baseline: json.load of the whole file + transformers' CLIPImageProcessor per image (+ the same template
     and collate), with 0 and 2 workers,
@@ -160,12 +160,12 @@ def conversion_rate(sources: list[dict], out: Path) -> dict[str, float]:
     import shutil
     import tempfile
 
-    from lmm.data.shards import convert
+    from lmm.data.convert import convert
 
     target = Path(tempfile.mkdtemp(dir=out, prefix="convert-"))
     try:
         started = time.perf_counter()
-        index = convert(sources[0]["records"], sources[0]["image_root"], target / "shards", progress=False)
+        index = convert(sources[0]["records"], sources[0]["image_root"], target / "store", progress=False)
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(target)

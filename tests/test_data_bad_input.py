@@ -7,9 +7,10 @@ import json
 
 import pytest
 
+from lmm.data.convert import convert
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.records import RecordError
-from lmm.data.shards import SampleError, convert
+from lmm.data.rejects import SampleError
 from lmm.data.synthetic import data_kit, write_source
 
 
@@ -83,7 +84,7 @@ def test_corrupt_image_found_while_loading(kit, tmp_path, workers):
     with pytest.raises(SampleError) as err:
         list(_module(kit, records, root, tmp_path, num_workers=workers).train_dataloader())
     message = str(err.value)
-    assert str(records) in message and "shard-00000.bin" in message and rid in message and "cannot be decoded" in \
+    assert str(records) in message and "part-00000" in message and rid in message and "cannot be decoded" in \
         message
     out = tmp_path / "run"
     batches = list(_module(kit, records, root, tmp_path, num_workers=workers, on_error="skip", output_dir=out)

@@ -74,36 +74,34 @@ def test_packing_needs_the_visual_token_count(tiny_world):
         _datamodule(tiny_world, "data.instruct.pack=true")
 
 
-def test_remote_shards_are_read_as_is_even_with_records_set(tmp_path, monkeypatch):
+def test_remote_store_is_read_as_is_even_with_records_set(tmp_path, monkeypatch):
     """The source configs keep `records` set; overriding `shards` with a URL must read the bucket, not convert the
-    records into a local folder named after the URL ("memory:/bucket/..." under the working directory)."""
-    import fsspec
+    records into a local folder named after the URL ("local:/..." under the working directory). The bucket is a
+    folder read through litdata's `local:` scheme (its remote code path without a network)."""
+    import shutil
 
-    from lmm.data.shards import convert
+    from lmm.data.convert import convert
     from lmm.data.synthetic import data_kit, write_source
 
     monkeypatch.chdir(tmp_path)
     kit = data_kit(tmp_path / "kit")
     remote_records, remote_root = write_source(tmp_path / "remote", "up", 20, image_fraction=0.5, seed=2)
     convert(remote_records, remote_root, tmp_path / "converted", progress=False)
-    fs = fsspec.filesystem("memory")
-    url = f"memory://lmm-test-{tmp_path.name}/up"
-    for f in (tmp_path / "converted").iterdir():
-        fs.pipe(f"{url.removeprefix('memory://')}/{f.name}", f.read_bytes())
+    shutil.copytree(tmp_path / "converted", tmp_path / "bucket" / "up")
+    url = f"local:{tmp_path / 'bucket' / 'up'}"
     local_records, local_root = write_source(tmp_path / "local", "loc", 12, image_fraction=0.5, seed=3)
-    try:
-        dm = LlavaDataModule([{"name": "up", "records": str(local_records), "image_root": str(local_root),
-                               "shards": url}], **kit, max_text_length=256, micro_batch_size=4, shuffle=False,
-                             cache_dir=tmp_path / "cache", remote_cache_dir=tmp_path / "remote-cache", progress=False)
-        dm.prepare_data()
-        ids = [i for b in dm.train_dataloader() for i in b["ids"]]
-        assert ids == [f"up-{k}" for k in range(20)]  # the bucket's samples, not the 12 local records
-        assert dm.readers[0].location == url and dm.readers[0].remote
-        assert not (tmp_path / "memory:").exists() and not (tmp_path / "cache").exists()
-        empty = LlavaDataModule([{"name": "none", "records": str(local_records), "shards": url + "-missing"}], **kit,
-                                max_text_length=256, micro_batch_size=4, cache_dir=tmp_path / "cache",
-                                remote_cache_dir=tmp_path / "remote-cache", progress=False)
-        with pytest.raises(FileNotFoundError, match="never converts into remote storage"):
-            empty.setup()
-    finally:
-        fs.rm(url.removeprefix("memory://").split("/")[0], recursive=True)
+    dm = LlavaDataModule([{"name": "up", "records": str(local_records), "image_root": str(local_root),
+                           "shards": url}], **kit, max_text_length=256, micro_batch_size=4, shuffle=False,
+                         num_workers=2, cache_dir=tmp_path / "cache", remote_cache_dir=tmp_path / "remote-cache",
+                         progress=False)
+    dm.prepare_data()
+    ids = [i for b in dm.train_dataloader() for i in b["ids"]]
+    assert ids == [f"up-{k}" for k in range(20)]  # the bucket's samples, not the 12 local records
+    assert dm.readers[0].location == url and dm.readers[0].remote
+    assert not (tmp_path / "local:").exists() and not (tmp_path / "cache").exists()
+    assert list((tmp_path / "remote-cache").rglob("chunk-*.bin"))  # litdata's cache, under remote_cache_dir
+    empty = LlavaDataModule([{"name": "none", "records": str(local_records), "shards": url + "-missing"}], **kit,
+                            max_text_length=256, micro_batch_size=4, cache_dir=tmp_path / "cache",
+                            remote_cache_dir=tmp_path / "remote-cache", progress=False)
+    with pytest.raises(FileNotFoundError, match="never converts into remote storage"):
+        empty.setup()

@@ -1,14 +1,17 @@
-"""The lmm shard format: lossless conversion, streamed input, resumable conversion, remote (fsspec) reading."""
+"""A converted source: litdata parts read back losslessly, streamed input, resumable conversion, remote reading."""
 
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
+import threading
 
-import fsspec
 import pytest
 
+from lmm.data.convert import convert
 from lmm.data.records import iter_raw_records, load_records
-from lmm.data.shards import ShardReader, convert
+from lmm.data.store import StoreReader
 from lmm.data.synthetic import write_source
 
 
@@ -17,67 +20,142 @@ def source(tmp_path):
     return write_source(tmp_path / "src", "mix", 60, image_fraction=0.7, seed=4)
 
 
-def _samples(reader: ShardReader):
+def _samples(reader: StoreReader):
     return [reader.record(i) for i in range(len(reader))]
+
+
+def _same_parts(a, b, parts: int) -> None:
+    """Two conversions wrote the same parts: litdata's chunk files byte for byte, its indexes but for their time."""
+    for k in range(parts):
+        name = f"part-{k:05d}"
+        chunks = sorted(p.name for p in (a / name).iterdir())
+        assert chunks == sorted(p.name for p in (b / name).iterdir()) and "index.json" in chunks
+        for f in chunks:
+            if f == "index.json":
+                x, y = (json.loads((d / name / f).read_text()) for d in (a, b))
+                assert {**x, "updated_at": None} == {**y, "updated_at": None}
+            else:
+                assert (a / name / f).read_bytes() == (b / name / f).read_bytes()
+    assert not (a / f"part-{parts:05d}").exists() and not (b / f"part-{parts:05d}").exists()
+    assert (a / "meta.npy").read_bytes() == (b / "meta.npy").read_bytes()
 
 
 def test_conversion_round_trips_records_and_image_bytes(source, tmp_path):
     records, root = source
-    index = convert(records, root, tmp_path / "out", shard_samples=16, progress=False)
-    reader = ShardReader(tmp_path / "out")
+    index = convert(records, root, tmp_path / "out", part_samples=16, progress=False)
+    reader = StoreReader(tmp_path / "out")
     originals = load_records(records)
-    assert index["num_samples"] == len(reader) == 60 and len(index["shards"]) == 4
+    assert index["num_samples"] == len(reader) == 60 and [p["num_samples"] for p in index["parts"]] == [16] * 3 + [12]
     for orig, (rec, image) in zip(originals, _samples(reader), strict=True):
         assert rec == orig
         assert image == ((root / orig.image).read_bytes() if orig.image else None)
     assert reader.has_image.tolist() == [r.image is not None for r in originals]
     assert reader.words.tolist() == [sum(len(t.value.split()) for t in r.conversations) for r in originals]
+    assert reader.part_path(17) == f"{tmp_path / 'out'}/part-00001"
     again = convert(records, root, tmp_path / "out", progress=True)  # finished: returned as is, not redone
     assert again == index
+    # each part is a plain litdata dataset; the reader survives pickling into a dataloader worker
+    from litdata import StreamingDataset
+
+    part = StreamingDataset(str(tmp_path / "out" / "part-00001"))
+    assert json.loads(part[0]["record"])["id"] == originals[16].id and len(part) == 16
+    assert _samples(pickle.loads(pickle.dumps(reader))) == _samples(reader)
 
 
-def test_jsonl_input_gives_the_same_shards(source, tmp_path):
+def test_jsonl_input_gives_the_same_samples(source, tmp_path):
     records, root = source
     jsonl = records.with_suffix(".jsonl")
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in json.loads(records.read_text())))
     convert(records, root, tmp_path / "a", progress=False)
     convert(jsonl, root, tmp_path / "b", progress=False)
-    assert _samples(ShardReader(tmp_path / "a")) == _samples(ShardReader(tmp_path / "b"))
+    assert _samples(StoreReader(tmp_path / "a")) == _samples(StoreReader(tmp_path / "b"))
 
 
 def test_interrupted_conversion_resumes_to_the_same_result(source, tmp_path):
     records, root = source
-    convert(records, root, tmp_path / "whole", shard_samples=8, progress=False)
+    convert(records, root, tmp_path / "whole", part_samples=8, progress=False)
 
     def stop_after_three(k: int) -> None:
         if k == 2:
             raise KeyboardInterrupt
 
+    cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        convert(records, root, tmp_path / "cut", shard_samples=8, progress=False, on_shard=stop_after_three)
-    assert not (tmp_path / "cut" / "index.json").exists()
-    assert json.loads((tmp_path / "cut" / "progress.json").read_text())["consumed"] == 24
+        convert(records, root, cut, part_samples=8, progress=False, on_part=stop_after_three)
+    assert not (cut / "index.json").exists()
+    assert json.loads((cut / "progress.json").read_text())["consumed"] == 24
+    # what a kill leaves besides: a part litdata was still writing, a part renamed before progress.json said so
+    shutil.copytree(cut / "part-00002", cut / ".part-00003.tmp")
+    shutil.copytree(cut / "part-00001", cut / "part-00003")
     written = []
-    convert(records, root, tmp_path / "cut", shard_samples=8, progress=False, on_shard=written.append)
-    assert written == [3, 4, 5, 6, 7]  # the first three shards were not redone
-    for k in range(8):
-        name = f"shard-{k:05d}.bin"
-        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
-    assert (tmp_path / "cut" / "meta.npy").read_bytes() == (tmp_path / "whole" / "meta.npy").read_bytes()
+    convert(records, root, cut, part_samples=8, progress=False, on_part=written.append)
+    assert written == [3, 4, 5, 6, 7]  # the first three parts were not redone
+    _same_parts(cut, tmp_path / "whole", 8)
+    assert not list(cut.glob(".part-*")) and not (cut / "progress.json").exists()
+    assert _samples(StoreReader(cut)) == _samples(StoreReader(tmp_path / "whole"))
 
 
-def test_remote_shards_are_fetched_into_a_bounded_cache(source, tmp_path):
+def test_conversion_killed_before_its_index_finishes_on_rerun(source, tmp_path, monkeypatch):
+    """All parts written, meta.npy too, index.json not yet: the rerun finishes from the parts, redoing none."""
+    import lmm.data.convert as converter
+
     records, root = source
-    convert(records, root, tmp_path / "out", shard_samples=10, progress=False)
-    fs = fsspec.filesystem("memory")
-    for f in (tmp_path / "out").iterdir():
-        fs.pipe(f"/bucket/mix/{f.name}", f.read_bytes())
-    shard_size = (tmp_path / "out" / "shard-00000.bin").stat().st_size
+    convert(records, root, tmp_path / "whole", part_samples=16, progress=False)
+    join = converter.join_parts
+
+    def join_then_die(out, parts):
+        join(out, parts)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(converter, "join_parts", join_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        convert(records, root, tmp_path / "cut", part_samples=16, progress=False)
+    monkeypatch.setattr(converter, "join_parts", join)
+    written = []
+    index = convert(records, root, tmp_path / "cut", part_samples=16, progress=False, on_part=written.append)
+    assert written == [] and index["num_samples"] == 60
+    _same_parts(tmp_path / "cut", tmp_path / "whole", 4)
+    assert not list((tmp_path / "cut").rglob("lmm-meta.npy"))
+
+
+def test_remote_folder_is_streamed_through_litdata(source, tmp_path):
+    """litdata cannot read fsspec's memory://, so a remote store is stood in for by litdata's `local:` scheme: the
+    same remote code path (download of the indexes, chunks fetched into the cache), minus the network."""
+    records, root = source
+    convert(records, root, tmp_path / "out", part_samples=10, progress=False)
+    shutil.copytree(tmp_path / "out", tmp_path / "bucket" / "mix")
     cache = tmp_path / "cache"
-    remote = ShardReader("memory://bucket/mix", cache_dir=cache, max_cache_bytes=2 * shard_size + 100)
-    assert _samples(remote) == _samples(ShardReader(tmp_path / "out"))
-    cached = list(cache.rglob("shard-*.bin"))
-    assert 1 <= len(cached) <= 2  # 6 shards streamed through a cache of 2
+    remote = StoreReader(f"local:{tmp_path / 'bucket' / 'mix'}", cache_dir=cache)
+    assert remote.remote and len(remote) == 60
+    assert _samples(remote) == _samples(StoreReader(tmp_path / "out"))
+    assert _samples(pickle.loads(pickle.dumps(remote))) == _samples(remote)
+    assert {p.name for p in cache.rglob("chunk-*.bin")} == {p.name for p in (tmp_path / "out").rglob("chunk-*.bin")}
+    assert (remote.local / "meta.npy").exists() and (remote.local / "index.json").exists()
+    with pytest.raises(FileNotFoundError, match="no index.json"):
+        StoreReader(f"local:{tmp_path / 'bucket' / 'none'}", cache_dir=cache)
+    with pytest.raises(ValueError, match="litdata cannot stream this URL"):
+        StoreReader("memory://bucket/mix", cache_dir=cache)
+
+
+def test_conversion_inside_a_distributed_job_writes_one_process_dataset(source, tmp_path, monkeypatch):
+    """Under DDP or torchrun litdata's writer would take the rank for itself and wait in merge() for one index per
+    rank: the converter pins it to a single process (it runs on one rank, under a lock)."""
+    import torch.distributed as dist
+
+    records, root = source
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda *a: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("GLOBAL_RANK", "1")
+    done = []
+    job = threading.Thread(target=lambda: done.append(convert(records, root, tmp_path / "ddp", progress=False)),
+                           daemon=True)
+    job.start()
+    job.join(timeout=120)
+    assert done and done[0]["num_samples"] == 60
+    assert sorted(p.name for p in (tmp_path / "ddp" / "part-00000").iterdir()) == ["chunk-0-0.bin", "index.json"]
+    assert [r.id for r, _ in _samples(StoreReader(tmp_path / "ddp"))] == [r.id for r in load_records(records)]
 
 
 def test_streaming_json_reader_handles_chunk_boundaries(tmp_path):
@@ -89,10 +167,10 @@ def test_streaming_json_reader_handles_chunk_boundaries(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "said"), [({"verify_images": "decode"}, "verify_images 'header' -> 'decode'"),
-                                              ({"shard_bytes": 1 << 30}, "shard_bytes"),
-                                              ({"shard_samples": 5}, "shard_samples 8 -> 5")])
-def test_resume_with_other_shard_settings_starts_afresh(source, tmp_path, capsys, change, said):
-    """Shards of an interrupted conversion are only reused under the settings that wrote them."""
+                                              ({"chunk_bytes": 1 << 15}, "chunk_bytes 67108864 -> 32768"),
+                                              ({"part_samples": 5}, "part_samples 8 -> 5")])
+def test_resume_with_other_part_settings_starts_afresh(source, tmp_path, capsys, change, said):
+    """Parts of an interrupted conversion are only reused under the settings that wrote them."""
     records, root = source
 
     def stop_after_two(k: int) -> None:
@@ -100,26 +178,23 @@ def test_resume_with_other_shard_settings_starts_afresh(source, tmp_path, capsys
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        convert(records, root, tmp_path / "cut", shard_samples=8, progress=False, on_shard=stop_after_two)
+        convert(records, root, tmp_path / "cut", part_samples=8, progress=False, on_part=stop_after_two)
     capsys.readouterr()
-    settings = {"shard_samples": 8, **change}
+    settings = {"part_samples": 8, **change}
     written = []
-    index = convert(records, root, tmp_path / "cut", progress=False, on_shard=written.append, **settings)
+    index = convert(records, root, tmp_path / "cut", progress=False, on_part=written.append, **settings)
     message = capsys.readouterr().err
-    assert said in message and "2 finished shard(s) are discarded" in message and "starts afresh" in message
-    assert written[:2] == [0, 1] and index["num_samples"] == 60  # redone from the first shard
+    assert said in message and "2 finished part(s) are discarded" in message and "starts afresh" in message
+    assert written[:2] == [0, 1] and index["num_samples"] == 60  # redone from the first part
     convert(records, root, tmp_path / "whole", progress=False, **settings)
-    for k in range(len(index["shards"])):
-        name = f"shard-{k:05d}.bin"
-        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
-    assert not list((tmp_path / "cut").glob(f"shard-{len(index['shards']):05d}.bin"))
+    _same_parts(tmp_path / "cut", tmp_path / "whole", len(index["parts"]))
 
 
 def test_progress_is_counted_in_bytes_and_reaches_the_file_size(tmp_path, monkeypatch):
     """The bar's total is the file size in bytes, so its updates must be bytes too (ShareGPT is not ASCII)."""
     import codecs
 
-    import lmm.data.shards as shards
+    import lmm.data.convert as converter
 
     records = [{"id": f"zh-{i}", "conversations": [{"from": "human", "value": "你好，请介绍一下自己。" * (i % 5 + 1)},
                                                    {"from": "gpt", "value": "Ça va — très bien, merci ☺ " * 40}]}
@@ -144,7 +219,7 @@ def test_progress_is_counted_in_bytes_and_reaches_the_file_size(tmp_path, monkey
             pass
 
     bars: list[Bar] = []
-    monkeypatch.setattr(shards, "_progress_bar", Bar)
+    monkeypatch.setattr(converter, "_progress_bar", Bar)
     convert(path, tmp_path, tmp_path / "out", progress=True)
     (bar,) = bars
     assert bar.total == path.stat().st_size and bar.n == bar.total

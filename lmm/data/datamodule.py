@@ -1,10 +1,11 @@
 """The Lightning DataModule of one training stage: sources, mixture, batching, bad-input policy, exact resume.
 
 A source (conf/data/source/*.yaml) says what the data is: a LLaVA-format file and image root (converted once into
-lmm shards under `cache_dir`), or an already converted shard folder or URL, optionally carved out of the 665K file
-by rule (`carve: vqav2`), and its response-format policy with `format_prompt` on or off. The mixture says how much
-of each source an epoch holds (`weights` x `num_samples`, or absolute `counts`, default: all of each). The order,
-the sharding over ranks and dataloader workers and the resume position are MixturePlan's and MixtureLoader's.
+litdata parts under `cache_dir` by lmm.data.convert), or an already converted folder or URL (`shards`, read through
+litdata by lmm.data.store), optionally carved out of the 665K file by rule (`carve: vqav2`), and its response-format
+policy with `format_prompt` on or off. The mixture says how much of each source an epoch holds (`weights` x
+`num_samples`, or absolute `counts`, default: all of each). The order, the sharding over ranks and dataloader workers
+and the resume position are MixturePlan's and MixtureLoader's.
 """
 
 from __future__ import annotations
@@ -20,20 +21,13 @@ import lightning as L
 from transformers import PreTrainedTokenizerBase
 
 from lmm.data.carve import CARVE_VERSION, carve
+from lmm.data.convert import convert, default_store_dir, locked, source_fingerprint
 from lmm.data.dataset import Collator, MixtureDataset, SampleBuilder
 from lmm.data.formats import FormatPrompt
 from lmm.data.mixture import MixtureLoader, MixturePlan, MixtureSampler, SourceInfo, epoch_counts
 from lmm.data.records import Record, RecordError, resolve_image_path
-from lmm.data.shards import (
-    ON_ERROR,
-    RejectLog,
-    ShardReader,
-    _locked,
-    convert,
-    default_shard_dir,
-    is_remote,
-    source_fingerprint,
-)
+from lmm.data.rejects import ON_ERROR, RejectLog
+from lmm.data.store import StoreReader, is_remote
 
 SOURCE_KEYS = {"name", "records", "image_root", "shards", "carve", "format", "format_prompt", "weight", "count",
                "enabled", "description"}
@@ -71,8 +65,8 @@ class LlavaDataModule(L.LightningDataModule):
                  num_samples: int | None = None, shuffle: bool = True, group_by_modality_length: bool = False,
                  pack: bool = False, visual_tokens: int | None = None, on_error: str = "error",
                  truncate: bool = False, verify_images: str = "header", cache_dir: str | os.PathLike | None = None,
-                 remote_cache_dir: str | os.PathLike | None = None, max_cache_bytes: int | None = None,
-                 output_dir: str | os.PathLike | None = None, shard_bytes: int = 64 << 20,
+                 remote_cache_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
+                 chunk_bytes: int = 64 << 20,
                  prefetch_factor: int = 2, progress: bool = True, world_size: int | None = None,
                  rank: int | None = None, accumulate: int | None = None, **unused: Any) -> None:
         super().__init__()
@@ -89,11 +83,11 @@ class LlavaDataModule(L.LightningDataModule):
             raise ValueError("packing needs `visual_tokens` (the visual tokens per image) to fill rows to max_length")
         self.on_error, self.truncate, self.verify_images = on_error, truncate, verify_images
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(".cache/lmm/shards")
-        self.remote_cache_dir, self.max_cache_bytes = remote_cache_dir, max_cache_bytes
+        self.remote_cache_dir = remote_cache_dir
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.shard_bytes, self.prefetch_factor, self.progress = shard_bytes, prefetch_factor, progress
+        self.chunk_bytes, self.prefetch_factor, self.progress = chunk_bytes, prefetch_factor, progress
         self._world, self._rank, self._accumulate = world_size, rank, accumulate
-        self.readers: list[ShardReader] | None = None
+        self.readers: list[StoreReader] | None = None
         self.loader: MixtureLoader | None = None
 
     # ---------------------------------------------------------------------------------------------- sources
@@ -145,7 +139,7 @@ class LlavaDataModule(L.LightningDataModule):
 
         folder = self.cache_dir / "carved" / (records.stem + "-" + hashlib.sha256(
             json.dumps(key, sort_keys=True).encode()).hexdigest()[:12])
-        with _locked(folder.parent / f".{folder.name}.lock"):
+        with locked(folder.parent / f".{folder.name}.lock"):
             if not (folder / "carve_report.json").exists():
                 _log(f"carving {records} into its sources (once) -> {folder}")
                 report = carve(records, folder, progress=self.progress)
@@ -159,11 +153,11 @@ class LlavaDataModule(L.LightningDataModule):
                              f"(found {report['counts']})")
         return carved
 
-    def _shard_location(self, spec: dict[str, Any]) -> str:
-        """Convert the source if needed (once, shared by runs) and return its shard folder or URL.
+    def _store_location(self, spec: dict[str, Any]) -> str:
+        """Convert the source if needed (once, shared by runs) and return its converted folder or URL.
 
-        A remote `shards` URL (s3://, gs://, memory://, ...) is always read as is, even when `records` is also set
-        (as in the source configs): lmm converts into local folders only, and a URL must never be taken for one.
+        A `shards` URL (s3://, gs://, local:/path, ...) is always read as is, even when `records` is also set (as in
+        the source configs): lmm converts into local folders only, and a URL must never be taken for one.
         """
         shards = str(spec["shards"]) if spec.get("shards") else None
         if shards is not None and (is_remote(shards) or not spec.get("records")):
@@ -172,40 +166,40 @@ class LlavaDataModule(L.LightningDataModule):
         root = spec.get("image_root")
         root = Path(root) if root is not None else Path(spec["records"]).parent
         out = Path(shards.removeprefix("file://")) if shards is not None else \
-            default_shard_dir(self.cache_dir, spec["name"], records, root)
+            default_store_dir(self.cache_dir, spec["name"], records, root)
         if not (out / "index.json").exists():
-            _log(f"converting source {spec['name']!r} ({records}) into lmm shards (once) -> {out}")
+            _log(f"converting source {spec['name']!r} ({records}) into litdata parts (once) -> {out}")
         convert(records, root, out, name=spec["name"], on_error=self.on_error, verify_images=self.verify_images,
-                shard_bytes=self.shard_bytes, progress=self.progress)
+                chunk_bytes=self.chunk_bytes, progress=self.progress)
         return str(out)
 
     def prepare_data(self) -> None:
         """Carve and convert what is missing (Lightning runs this once per node before `setup`)."""
         for spec in self.specs:
-            self._shard_location(spec)
+            self._store_location(spec)
 
     def setup(self, stage: str | None = None) -> None:
         if self.readers is not None:
             return
         self.readers = []
         for spec in self.specs:
-            location = self._shard_location(spec)
+            location = self._store_location(spec)
             try:
-                reader = ShardReader(location, cache_dir=self.remote_cache_dir, max_cache_bytes=self.max_cache_bytes)
+                reader = StoreReader(location, cache_dir=self.remote_cache_dir)
             except FileNotFoundError as e:
-                hint = (" lmm reads remote shards as they are and never converts into remote storage: convert "
+                hint = (" lmm reads remote folders as they are and never converts into remote storage: convert "
                         "locally (leave `shards` unset, or give a local folder) and upload the folder"
                         if is_remote(location) else "")
                 raise FileNotFoundError(f"source {spec['name']!r}: {e}.{hint}") from e
             self._check_conversion_rejects(spec["name"], reader)
             self.readers.append(reader)
 
-    def _check_conversion_rejects(self, name: str, reader: ShardReader) -> None:
+    def _check_conversion_rejects(self, name: str, reader: StoreReader) -> None:
         """Strict runs refuse a conversion that skipped records; lenient runs copy its rejects into the run folder."""
         rejected = int(reader.index.get("rejected", 0))
         if not rejected:
             return
-        rejects = Path(reader.local) / "rejects.jsonl"
+        rejects = reader.rejects_file()
         if self.on_error == "error":
             first = rejects.read_text().splitlines()[:3] if rejects.exists() else []
             raise RecordError(f"source {name!r}: its conversion ({reader.location}) skipped {rejected} bad records "

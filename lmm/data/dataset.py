@@ -19,7 +19,8 @@ from lmm.constants import IGNORE_INDEX
 from lmm.data.formats import FormatPrompt
 from lmm.data.images import ImageError
 from lmm.data.records import Record, parse_record, record_problem
-from lmm.data.shards import ON_ERROR, RejectLog, SampleError, ShardReader, _kind
+from lmm.data.rejects import ON_ERROR, RejectLog, SampleError, reason_kind
+from lmm.data.store import StoreReader
 from lmm.data.templates import TokenizationMismatch, truncate
 
 REJECTED = "rejected"
@@ -64,7 +65,7 @@ class SampleBuilder:
         rec = Record(rec.id, rec.image, turns)
         reason = record_problem(rec)
         if reason is not None:
-            raise SampleError(where, rec.id, reason, _kind(reason))
+            raise SampleError(where, rec.id, reason, reason_kind(reason))
         has_image = rec.image is not None
         try:
             encoded = self.template.encode(rec.conversations, self.tokenizer, has_image=has_image)
@@ -107,7 +108,7 @@ def decode_image(data: bytes | None, where: str, rel: str | None) -> Any:
 class MixtureDataset(Dataset):
     """Map-style view of several converted sources; an item key is (source number, sample number in the source)."""
 
-    def __init__(self, readers: Sequence[ShardReader], names: Sequence[str], formats: Sequence[FormatPrompt | None],
+    def __init__(self, readers: Sequence[StoreReader], names: Sequence[str], formats: Sequence[FormatPrompt | None],
                  builder: SampleBuilder) -> None:
         self.readers, self.names, self.formats, self.builder = list(readers), list(names), list(formats), builder
 
@@ -117,7 +118,7 @@ class MixtureDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         s, i = int(key[0]), int(key[1])
         reader = self.readers[s]
-        where = f"{reader.index['source']['records']} [{reader.shard_file(i)}, sample {i}]"
+        where = f"{reader.index['source']['records']} [{reader.part_path(i)}, sample {i}]"
         raw, image = reader.read(i)
         try:
             rec = parse_record(raw, where, i)

@@ -1,0 +1,241 @@
+"""The converter: a LLaVA-format file + image folder, validated, into a store of litdata parts (lmm.data.store).
+
+Why a converter of lmm's own on top of litdata's writer: every record must be validated (structure, placeholders,
+image path inside the root, image readable) with strict errors or counted rejects, the 1 GB JSON streamed rather
+than loaded, and an interrupted conversion resumed with an identical result; `litdata.optimize` does none of that
+and spawns worker processes, while its BinaryWriter, used here, writes in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lmm.data.images import ImageError
+from lmm.data.records import Record, RecordError, iter_raw_records, parse_record, record_problem, resolve_image_path
+from lmm.data.rejects import ON_ERROR, RejectLog, SampleError, reason_kind
+from lmm.data.store import FORMAT, FORMAT_VERSION, PartWriter, drop_part_meta, join_parts
+
+VERIFY = ("none", "header", "decode")
+
+
+def source_fingerprint(records: str | os.PathLike, image_root: str | os.PathLike | None) -> dict[str, Any]:
+    """What identifies the input of a conversion: file path, size and modification time, and the image root."""
+    st = os.stat(records)
+    return {"records": str(Path(records).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "image_root": str(Path(image_root).resolve()) if image_root is not None else None,
+            "format_version": FORMAT_VERSION}
+
+
+def default_store_dir(cache_dir: str | os.PathLike, name: str, records: str | os.PathLike,
+                      image_root: str | os.PathLike | None) -> Path:
+    """A cache folder keyed by everything the conversion depends on, so a changed file is converted anew."""
+    key = hashlib.sha256(json.dumps(source_fingerprint(records, image_root), sort_keys=True).encode()).hexdigest()
+    return Path(cache_dir) / f"{name}-{key[:12]}"
+
+
+def check_image(data: bytes, verify: str) -> None:
+    """Raise ImageError if the bytes are not a readable image ("header": identify only; "decode": full decode)."""
+    if verify == "none":
+        return
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if verify == "decode":
+                img.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image: {e}") from e
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Exclusive lock on a file beside the output: concurrent converters (DDP ranks, sweep jobs) take turns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def is_converted(out_dir: str | os.PathLike) -> bool:
+    return (Path(out_dir) / "index.json").exists()
+
+
+def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, out_dir: str | os.PathLike, *,
+            name: str | None = None, on_error: str = "error", verify_images: str = "header",
+            part_samples: int = 8192, chunk_bytes: int = 64 << 20, progress: bool = True,
+            on_part: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Convert a LLaVA-format file (JSON list or JSONL, streamed) and its image folder into litdata parts.
+
+    Every record is validated (conversation structure, exactly one <image> for image records and none otherwise,
+    an image path inside the image root, an image file that exists and opens). `on_error="error"` raises a
+    RecordError naming the file, the record and the reason; `"skip"` writes the record with its reason to
+    out_dir/rejects.jsonl and counts it in index.json. A part holds `part_samples` samples in litdata chunks of
+    `chunk_bytes`. An interrupted conversion resumes from its last finished part (`progress.json`) when the input
+    and every setting that shapes the parts (on_error, verify_images, part_samples, chunk_bytes) are the same, and
+    otherwise starts afresh, saying why; a finished one is returned as is. `on_part(k)` is called after part k is
+    written. Returns the index (the content of index.json).
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if verify_images not in VERIFY:
+        raise ValueError(f"verify_images must be one of {VERIFY}, got {verify_images!r}")
+    out = Path(out_dir)
+    records = Path(records)
+    root = Path(image_root) if image_root is not None else records.parent
+    fingerprint = source_fingerprint(records, root)
+    with locked(out.parent / f".{out.name}.lock"):
+        if is_converted(out):
+            index = json.loads((out / "index.json").read_text())
+            if index.get("source") == fingerprint:
+                return index
+            raise RecordError(f"{out} holds a conversion of {index.get('source', {}).get('records')} "
+                              f"({index.get('source')}), not of {fingerprint}; remove it or choose another folder")
+        out.mkdir(parents=True, exist_ok=True)
+        state = _resume_state(out, {"source": fingerprint, "on_error": on_error, "verify_images": verify_images,
+                                    "part_samples": int(part_samples), "chunk_bytes": int(chunk_bytes)})
+        rejects = RejectLog(out / "rejects.jsonl")
+        total_bytes = os.path.getsize(records)
+        bar = _progress_bar(total_bytes, f"converting {name or records.name}", progress)
+        shown = 0
+        started = time.perf_counter()
+        part: PartWriter | None = None
+
+        def finish_part(next_index: int) -> None:
+            nonlocal part
+            if part is None or not len(part):
+                return
+            state["parts"].append(part.finish())
+            state["consumed"] = next_index
+            tmp = out / ".progress.json.tmp"
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, out / "progress.json")
+            part = None
+            if on_part is not None:
+                on_part(len(state["parts"]) - 1)
+
+        try:
+            index_in = -1
+            for index_in, raw, consumed in iter_raw_records(records):
+                if bar is not None and consumed - shown > (1 << 20):
+                    bar.update(consumed - shown)
+                    shown = consumed
+                if index_in < state["consumed"]:
+                    continue
+                try:
+                    rec, image = _load_record(raw, records, index_in, root, verify_images)
+                except RecordError as e:
+                    if on_error == "error":
+                        raise
+                    rejects.write({"file": str(records), "record": index_in, "id": getattr(e, "rec_id", None),
+                                   "reason": getattr(e, "reason", str(e)), "stage": "convert"})
+                    state["rejected"] += 1
+                    kind = getattr(e, "kind", "invalid record")
+                    state["reasons"][kind] = state["reasons"].get(kind, 0) + 1
+                    continue
+                if part is None:
+                    part = PartWriter(out, len(state["parts"]), chunk_bytes)
+                part.add(rec, image)
+                if len(part) >= part_samples:
+                    finish_part(index_in + 1)
+            finish_part(index_in + 1)
+            if bar is not None:  # the whole file was read: what follows the last record (e.g. "]") too
+                bar.update(total_bytes - shown)
+        finally:
+            if bar is not None:
+                bar.close()
+        meta = join_parts(out, state["parts"])
+        index = {"format": FORMAT, "version": FORMAT_VERSION, "name": name or records.stem,
+                 "num_samples": int(len(meta)), "num_images": int(meta["has_image"].sum()),
+                 "parts": state["parts"], "rejected": state["rejected"], "rejected_by_reason": state["reasons"],
+                 "on_error": on_error, "verify_images": verify_images, "source": fingerprint,
+                 "seconds": round(time.perf_counter() - started, 2)}
+        tmp = out / ".index.json.tmp"
+        tmp.write_text(json.dumps(index, indent=2))
+        os.replace(tmp, out / "index.json")
+        (out / "progress.json").unlink(missing_ok=True)
+        drop_part_meta(out, state["parts"])
+        return index
+
+
+def _resume_state(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """What an interrupted conversion into `out` finished, if it used these settings; and a folder cleared of
+    everything else (unfinished or unlisted parts, rejects written after the last finished part)."""
+    state = {**settings, "consumed": 0, "parts": [], "rejected": 0, "reasons": {}}
+    progress_file = out / "progress.json"
+    if progress_file.exists():
+        previous = json.loads(progress_file.read_text())
+        changed = [k for k, v in settings.items() if previous.get(k) != v]
+        lost = [p["dir"] for p in previous.get("parts", []) if not (out / p["dir"]).is_dir()]
+        if not changed and not lost:
+            state = previous
+        else:
+            what = ", ".join("the input file (path, size or modification time)" if k == "source" else
+                             f"{k} {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
+            why = f"made with other settings ({what})" if changed else f"its finished parts {lost} are missing"
+            _note(f"{out}: an interrupted conversion was found, {why}; its {len(previous.get('parts', []))} "
+                  "finished part(s) are discarded and the conversion starts afresh")
+    rejects = out / "rejects.jsonl"
+    if state["consumed"] and rejects.exists():
+        lines = rejects.read_text(encoding="utf-8").splitlines(keepends=True)
+        rejects.write_text("".join(lines[:state["rejected"]]), encoding="utf-8")
+    else:
+        rejects.unlink(missing_ok=True)
+    done = {p["dir"] for p in state["parts"]}
+    for stale in [*out.glob("part-*"), *out.glob(".part-*.tmp")]:
+        if stale.name not in done:
+            shutil.rmtree(stale)
+    return state
+
+
+def _note(msg: str) -> None:
+    print(f"[lmm] {msg}", file=sys.stderr, flush=True)
+
+
+def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    """A bar in bytes of the input file (iter_raw_records reports bytes consumed)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, dynamic_ncols=True, mininterval=1.0)
+
+
+def _load_record(raw: Any, records: Path, index: int, root: Path, verify: str) -> tuple[Record, bytes | None]:
+    where = f"{records}: record {index}"
+    try:
+        rec = parse_record(raw, records, index)
+    except RecordError as e:
+        raise SampleError(where, raw.get("id") if isinstance(raw, dict) else None, str(e).split(": ", 2)[-1],
+                          "invalid record") from e
+    where = f"{where} (id {rec.id!r})"
+    reason = record_problem(rec, root)
+    if reason is not None:
+        raise SampleError(where, rec.id, reason, reason_kind(reason))
+    if rec.image is None:
+        return rec, None
+    path = resolve_image_path(root, rec.image, follow_symlinks=False)  # record_problem followed the links
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise SampleError(where, rec.id, f"image file not found: {path}", "missing image") from e
+    except OSError as e:
+        raise SampleError(where, rec.id, f"cannot read image {path}: {e}", "missing image") from e
+    try:
+        check_image(data, verify)
+    except ImageError as e:
+        raise SampleError(where, rec.id, f"{path}: {e}", "corrupt image") from e
+    return rec, data
