@@ -59,7 +59,8 @@ def test_accounting_and_conversion_rejects_reach_the_logger(tmp_path):
     sources = [{"name": "img", "records": str(img), "image_root": str(img_root)},
                {"name": "txt", "records": str(txt), "image_root": str(txt_root)}]
     dm = LlavaDataModule(sources, **kit, max_text_length=256, micro_batch_size=4, on_error="skip",
-                         cache_dir=tmp_path / "cache", output_dir=tmp_path / "run", progress=False)
+                         max_reject_fraction=None, cache_dir=tmp_path / "cache", output_dir=tmp_path / "run",
+                         progress=False)
     logger = CapturingLogger()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=4, logger=logger, log_every_n_steps=1,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

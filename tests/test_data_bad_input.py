@@ -64,8 +64,9 @@ def test_bad_records_at_conversion(tmp_path, rid, patch, reason, kind):
 
 
 def _module(kit, records, root, tmp_path, **kwargs):
+    # one bad record in a dozen is far above the default max_reject_fraction: these tests look at single records
     options = {"micro_batch_size": 4, "max_text_length": 256, "progress": False, "cache_dir": tmp_path / "cache",
-               "shuffle": False, **kwargs}
+               "shuffle": False, "max_reject_fraction": None, **kwargs}
     return LlavaDataModule([{"name": "src", "records": str(records), "image_root": str(root)}], **kit, **options)
 
 
@@ -156,3 +157,42 @@ def test_symlink_inside_the_root_pointing_outside_is_refused(tmp_path):
     (tmp_path / "root-link").symlink_to(root, target_is_directory=True)
     index = convert(records, tmp_path / "root-link", tmp_path / "ok", progress=False)
     assert index["num_samples"] == 12 and index["rejected"] == 0
+
+
+def test_a_source_mostly_rejected_at_conversion_stops_a_lenient_run(kit, tmp_path):
+    """A wrong image root skips every image: lenient mode is for the odd bad record, not for a broken source."""
+    records, root = write_source(tmp_path, "src", 12, image_fraction=1.0, seed=1, turns=(1, 1))
+    wrong_root = tmp_path / "elsewhere"
+    (wrong_root / "images").mkdir(parents=True)
+    with pytest.raises(RecordError, match=r"skipped 12 of 12 records \(100.0% > max_reject_fraction=0.05\)"):
+        _module(kit, records, wrong_root, tmp_path, on_error="skip", max_reject_fraction=0.05).setup()
+    records, root = _source_with(tmp_path / "one", "missing-image", {"image": "images/nowhere.png"})
+    _module(kit, records, root, tmp_path / "one", on_error="skip", max_reject_fraction=0.1).setup()  # 1 of 12 passes
+
+
+def test_samples_mostly_rejected_at_load_stop_a_lenient_run(kit, tmp_path):
+    """Every sample too long for the context (as a template mismatching the tokenizer would be): the run stops
+    once enough samples were seen, instead of training on filler rows."""
+    import lightning as L
+    import torch
+
+    from lmm.data.accounting import DataAccounting
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w - batch["input_ids"].float().mean()).pow(2).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+    records, root = write_source(tmp_path, "src", 48, image_fraction=1.0, seed=1, turns=(1, 1))
+    dm = _module(kit, records, root, tmp_path, max_text_length=8, on_error="skip", max_reject_fraction=0.05,
+                 output_dir=tmp_path / "run")
+    trainer = L.Trainer(max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[DataAccounting("instruct", min_samples_for_check=16)])
+    with pytest.raises(RuntimeError, match=r"16 of 16 samples were rejected while loading"):
+        trainer.fit(Tiny(), datamodule=dm)

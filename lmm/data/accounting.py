@@ -25,8 +25,11 @@ class DataAccounting(L.Callback):
     """Counts per source from the batches' `sources` and `sample_tokens` (supervised tokens: labels != -100)."""
 
     def __init__(self, stage: str, sources: Sequence[str] | None = None, log_every_n_steps: int = 5,
-                 conversion_rejects: Mapping[str, Mapping[str, int]] | None = None) -> None:
+                 conversion_rejects: Mapping[str, Mapping[str, int]] | None = None,
+                 max_reject_fraction: float | None = None, min_samples_for_check: int = 200) -> None:
         self.stage, self.every = stage, max(1, int(log_every_n_steps))
+        # None: the trainer's datamodule's `max_reject_fraction` (LlavaDataModule: 0.05), if it has one
+        self.max_reject_fraction, self.min_samples_for_check = max_reject_fraction, min_samples_for_check
         self.sources = list(sources) if sources is not None else None
         # per source, per reason: records its conversion skipped (default: asked of the trainer's datamodule)
         self.conversion_rejects = {k: dict(v) for k, v in conversion_rejects.items()} \
@@ -46,6 +49,8 @@ class DataAccounting(L.Callback):
         if self.conversion_rejects is None:
             by_reason = getattr(trainer.datamodule, "conversion_rejects_by_reason", None)
             self.conversion_rejects = by_reason() if callable(by_reason) else {}
+        if self.max_reject_fraction is None:
+            self.max_reject_fraction = getattr(trainer.datamodule, "max_reject_fraction", None)
         self._index = {name: i for i, name in enumerate(self.sources)}
         if self.totals is None:
             self.totals = torch.zeros(len(self.sources) + 1, 2, dtype=torch.float64)
@@ -77,6 +82,7 @@ class DataAccounting(L.Callback):
         reduced = trainer.strategy.reduce(pending, reduce_op="sum") if trainer.world_size > 1 else pending
         self.totals += reduced.cpu()
         self._pending.zero_()
+        self._check_rejects()
         if trainer.global_step % self.every == 0:
             self._log(trainer, pl_module)
 
@@ -90,6 +96,22 @@ class DataAccounting(L.Callback):
             metrics[f"{self.stage}/data/pad_fraction"] = (total - real) / total
         self._positions.zero_()
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1, rank_zero_only=True)
+
+    def _check_rejects(self) -> None:
+        """Stop a lenient run whose samples are mostly rejected at load time (e.g. a template that mismatches the
+        tokenizer on every sample): skipping is for the odd bad record, not for training on filler rows. Every rank
+        sees the same reduced totals, so all of them stop together."""
+        if self.max_reject_fraction is None:
+            return
+        rejected, seen = float(self.totals[-1, 0]), float(self.totals[:-1, 0].sum())
+        if rejected + seen < self.min_samples_for_check:
+            return
+        fraction = rejected / (rejected + seen)
+        if fraction > self.max_reject_fraction:
+            raise RuntimeError(f"{self.stage}: {int(rejected)} of {int(rejected + seen)} samples were rejected while "
+                               f"loading ({fraction:.1%} > max_reject_fraction={self.max_reject_fraction}); their "
+                               "reasons are in the stage folder's rejects.jsonl. Fix the data or template, or raise "
+                               f"data.{self.stage}.max_reject_fraction")
 
     def metrics(self) -> dict[str, float]:
         """The cumulative counts as metric names and values (what is logged; also handy for summaries)."""

@@ -66,7 +66,7 @@ class LlavaDataModule(L.LightningDataModule):
                  pack: bool = False, visual_tokens: int | None = None, on_error: str = "error",
                  truncate: bool = False, verify_images: str = "header", cache_dir: str | os.PathLike | None = None,
                  remote_cache_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
-                 chunk_bytes: int = 64 << 20,
+                 chunk_bytes: int = 64 << 20, max_reject_fraction: float | None = 0.05,
                  prefetch_factor: int = 2, progress: bool = True, world_size: int | None = None,
                  rank: int | None = None, accumulate: int | None = None, **unused: Any) -> None:
         super().__init__()
@@ -82,6 +82,9 @@ class LlavaDataModule(L.LightningDataModule):
         if pack and visual_tokens is None:
             raise ValueError("packing needs `visual_tokens` (the visual tokens per image) to fill rows to max_length")
         self.on_error, self.truncate, self.verify_images = on_error, truncate, verify_images
+        # lenient runs: a share of bad records above this is a broken source (a wrong image root skips every image),
+        # not noise to skip; None turns the check off
+        self.max_reject_fraction = max_reject_fraction
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(".cache/lmm/shards")
         self.remote_cache_dir = remote_cache_dir
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -204,6 +207,12 @@ class LlavaDataModule(L.LightningDataModule):
             first = rejects.read_text().splitlines()[:3] if rejects.exists() else []
             raise RecordError(f"source {name!r}: its conversion ({reader.location}) skipped {rejected} bad records "
                               f"(a lenient conversion), and this run is strict (on_error=error). First: {first}")
+        fraction = rejected / max(rejected + len(reader), 1)
+        if self.max_reject_fraction is not None and fraction > self.max_reject_fraction:
+            raise RecordError(f"source {name!r}: its conversion skipped {rejected} of {rejected + len(reader)} records "
+                              f"({fraction:.1%} > max_reject_fraction={self.max_reject_fraction}): "
+                              f"{reader.index['rejected_by_reason']}; see {rejects}. Fix the source (its records file "
+                              "or image_root) or raise data.<stage>.max_reject_fraction")
         _log(f"source {name!r}: {rejected} records were skipped when converting ({reader.index['rejected_by_reason']})"
              f"; see {rejects}")
         if self.output_dir is not None and rejects.exists():
