@@ -105,3 +105,15 @@ def test_remote_store_is_read_as_is_even_with_records_set(tmp_path, monkeypatch)
                             remote_cache_dir=tmp_path / "remote-cache", progress=False)
     with pytest.raises(FileNotFoundError, match="never converts into remote storage"):
         empty.setup()
+
+
+def test_other_conversion_settings_get_their_own_folder(tiny_world):
+    """Changing verify_images or chunk_bytes converts anew instead of reusing a conversion made otherwise."""
+    base = _datamodule(tiny_world)
+    base.setup()
+    decode = _datamodule(tiny_world, "+data.instruct.verify_images=decode")
+    decode.setup()
+    assert base.readers[0].location != decode.readers[0].location
+    again = _datamodule(tiny_world)
+    again.setup()
+    assert again.readers[0].location == base.readers[0].location

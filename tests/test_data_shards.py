@@ -62,6 +62,21 @@ def test_conversion_round_trips_records_and_image_bytes(source, tmp_path):
     assert _samples(pickle.loads(pickle.dumps(reader))) == _samples(reader)
 
 
+def test_open_parts_are_bounded(source, tmp_path):
+    """Reading every part keeps at most max_open_parts of them open: file descriptors do not grow with the data."""
+    import os
+
+    records, root = source
+    convert(records, root, tmp_path / "out", part_samples=8, chunk_bytes=1 << 16, progress=False)
+    reader = StoreReader(tmp_path / "out", max_open_parts=2)
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    expected = _samples(StoreReader(tmp_path / "out"))
+    before = fds()
+    assert [reader.record(i) for i in range(len(reader))] == expected  # 8 parts, in turn
+    assert list(reader._parts) == [6, 7] and fds() - before <= 2 * max(p["chunks"] for p in reader.index["parts"])
+    assert reader.record(0) == expected[0] and list(reader._parts) == [7, 0]
+
+
 def test_jsonl_input_gives_the_same_samples(source, tmp_path):
     records, root = source
     jsonl = records.with_suffix(".jsonl")

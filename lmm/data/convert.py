@@ -38,9 +38,11 @@ def source_fingerprint(records: str | os.PathLike, image_root: str | os.PathLike
 
 
 def default_store_dir(cache_dir: str | os.PathLike, name: str, records: str | os.PathLike,
-                      image_root: str | os.PathLike | None) -> Path:
-    """A cache folder keyed by everything the conversion depends on, so a changed file is converted anew."""
-    key = hashlib.sha256(json.dumps(source_fingerprint(records, image_root), sort_keys=True).encode()).hexdigest()
+                      image_root: str | os.PathLike | None, settings: dict[str, Any] | None = None) -> Path:
+    """A cache folder keyed by everything the conversion depends on (the input and the conversion `settings`, e.g.
+    verify_images and chunk_bytes), so a changed file or setting is converted anew instead of silently reused."""
+    keyed = {**source_fingerprint(records, image_root), **(settings or {})}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
     return Path(cache_dir) / f"{name}-{key[:12]}"
 
 

@@ -169,7 +169,8 @@ class LlavaDataModule(L.LightningDataModule):
         root = spec.get("image_root")
         root = Path(root) if root is not None else Path(spec["records"]).parent
         out = Path(shards.removeprefix("file://")) if shards is not None else \
-            default_store_dir(self.cache_dir, spec["name"], records, root)
+            default_store_dir(self.cache_dir, spec["name"], records, root,
+                              settings={"verify_images": self.verify_images, "chunk_bytes": self.chunk_bytes})
         if not (out / "index.json").exists():
             _log(f"converting source {spec['name']!r} ({records}) into litdata parts (once) -> {out}")
         convert(records, root, out, name=spec["name"], on_error=self.on_error, verify_images=self.verify_images,
