@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
@@ -29,6 +30,21 @@ def tiny_llava(vocab: int = 96, image_size: int = 28, patch: int = 14, hidden: i
     encoder = VisionEncoder(tower)
     connector = connector if connector is not None else MLPConnector(encoder.hidden_size, hidden)
     return LlavaModel(encoder, connector, llm, max_length=128)
+
+
+class BatchConsumer(L.LightningModule):
+    """One scalar parameter fitted to the batches' token ids: drives a Trainer over a DataModule's real batches
+    when what is under test is the data side (callbacks, accounting), not the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - batch["input_ids"].float().mean()).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import Logger
 
 from lmm.data.accounting import DataAccounting
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.synthetic import data_kit, write_source
+from tests.conftest import BatchConsumer
 
 
 class CapturingLogger(Logger):
@@ -35,18 +35,6 @@ class CapturingLogger(Logger):
         self.calls.append((step, dict(metrics)))
 
 
-class Tiny(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-
-    def training_step(self, batch, batch_idx):
-        return (self.w - batch["input_ids"].float().mean()).pow(2).sum()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=1e-3)
-
-
 def test_accounting_and_conversion_rejects_reach_the_logger(tmp_path):
     kit = data_kit(tmp_path / "kit")
     img, img_root = write_source(tmp_path, "img", 24, image_fraction=1.0, seed=1, turns=(1, 1))
@@ -65,7 +53,7 @@ def test_accounting_and_conversion_rejects_reach_the_logger(tmp_path):
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=4, logger=logger, log_every_n_steps=1,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[DataAccounting("instruct", log_every_n_steps=1)])
-    trainer.fit(Tiny(), datamodule=dm)
+    trainer.fit(BatchConsumer(), datamodule=dm)
     logged = [m for _, m in logger.calls if any(k.startswith("instruct/data/") for k in m)]
     assert len(logged) >= 3
     last = logged[-1]

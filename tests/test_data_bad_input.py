@@ -174,20 +174,9 @@ def test_samples_mostly_rejected_at_load_stop_a_lenient_run(kit, tmp_path):
     """Every sample too long for the context (as a template mismatching the tokenizer would be): the run stops
     once enough samples were seen, instead of training on filler rows."""
     import lightning as L
-    import torch
 
     from lmm.data.accounting import DataAccounting
-
-    class Tiny(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def training_step(self, batch, batch_idx):
-            return (self.w - batch["input_ids"].float().mean()).pow(2).sum()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=1e-3)
+    from tests.conftest import BatchConsumer
 
     records, root = write_source(tmp_path, "src", 48, image_fraction=1.0, seed=1, turns=(1, 1))
     dm = _module(kit, records, root, tmp_path, max_text_length=8, on_error="skip", max_reject_fraction=0.05,
@@ -195,4 +184,4 @@ def test_samples_mostly_rejected_at_load_stop_a_lenient_run(kit, tmp_path):
     trainer = L.Trainer(max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[DataAccounting("instruct", min_samples_for_check=16)])
     with pytest.raises(RuntimeError, match=r"16 of 16 samples were rejected while loading"):
-        trainer.fit(Tiny(), datamodule=dm)
+        trainer.fit(BatchConsumer(), datamodule=dm)
