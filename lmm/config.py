@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmm.constants import ASPECTS, ON_ERROR, PARTS, SELECT_FEATURES
+from lmm.constants import ASPECTS, ON_ERROR, PARTS, SELECT_FEATURES, VERIFY_IMAGES
 
 
 def new_run_id(name: str | None = None) -> str:
@@ -80,6 +80,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "eval.image_aspect", ASPECTS)
     for name in STAGES:
         _choice(cfg, f"data.{name}.on_error", ON_ERROR)
+        _choice(cfg, f"data.{name}.verify_images", VERIFY_IMAGES)
     if cfg.task == "train" and "instruct" in stages and "align" not in stages \
             and not OmegaConf.select(cfg, "stage.instruct.init_connector_from"):
         raise ConfigError("stages=[instruct] needs the connector it starts from: set stage.instruct.init_connector_from"

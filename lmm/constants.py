@@ -8,4 +8,5 @@ IMAGE_PLACEHOLDER = "<image>"  # the placeholder as it appears in LLaVA-format t
 PARTS = ("encoder", "connector", "llm")  # the trainable parts of a LlavaModel (stage.<name>.train)
 ASPECTS = ("pad", "crop")  # image_aspect: pad to a square with the mean colour, or resize + centre crop
 ON_ERROR = ("error", "skip")  # bad input: raise naming file, record and reason, or a counted skip to rejects.jsonl
+VERIFY_IMAGES = ("none", "header", "decode")  # conversion's image check: none, open the header, or decode fully
 SELECT_FEATURES = ("patch", "cls_patch")  # the encoder's patch features, without or with the CLS token

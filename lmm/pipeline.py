@@ -217,7 +217,7 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
                "accumulate_grad_batches": accumulate, "world_size": trainer.world_size,
                "resumed_from": resume, "start_step": loss_record.start_step,
                "losses": loss_record.losses, **module.parameter_counts()}
-    save_stage_outputs(module, stage_dir, tokenizer, cfg, name)
+    save_stage_outputs(module, stage_dir, tokenizer, cfg, name, transform)
     if trainer.is_global_zero:
         summary["connector"] = str(stage_dir / "connector.safetensors")
         summary["model"] = str(stage_dir / "model") if name != "align" else None
@@ -251,8 +251,10 @@ def log_stage_artifact(loggers: list[Logger], run_dir: Path, stage_dir: Path, na
         logger.experiment.log_artifact(artifact, aliases=[name, "latest"])
 
 
-def save_stage_outputs(module: LlavaLitModule, stage_dir: Path, tokenizer: Any, cfg: DictConfig, name: str) -> None:
-    """Write the connector (always) and, after instruct, the whole model in Hugging Face folders."""
+def save_stage_outputs(module: LlavaLitModule, stage_dir: Path, tokenizer: Any, cfg: DictConfig, name: str,
+                       image_transform: ImageTransform) -> None:
+    """Write the connector (always) and, after instruct, the whole model in Hugging Face folders, with the image
+    preprocessing the stage trained with."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from lmm.model.io import save_lmm_model
@@ -263,7 +265,8 @@ def save_stage_outputs(module: LlavaLitModule, stage_dir: Path, tokenizer: Any, 
         {k: v.detach().cpu() for k, v in module.model.state_dict().items()}
     if distributed and torch.distributed.get_rank() != 0:
         return
-    save_lmm_model(state, module.model, stage_dir, tokenizer=tokenizer, config=cfg,
+    save_lmm_model(state, module.model, stage_dir, tokenizer=tokenizer, config=cfg, image_transform=image_transform,
+                   stage=name,
                    connector_only=(name == "align"))
 
 

@@ -23,10 +23,11 @@ def env_for(tmp: Path, cache: Path) -> dict[str, str]:
     return env
 
 
-def wandb_processes() -> set[int]:
-    """W&B's service processes on this machine (wandb-core runs in a session of its own, outside the run's)."""
-    out = subprocess.run(["pgrep", "-f", "wandb-core|wandb-service|wandb_internal"], capture_output=True, text=True)
-    return {int(pid) for pid in out.stdout.split()}
+def wandb_processes_of(pid: int) -> list[str]:
+    """W&B's service processes started for process `pid` (wandb-core runs in a session of its own, outside the
+    run's, and names the process it serves with `--pid`)."""
+    out = subprocess.run(["pgrep", "-af", f"wandb-core.*--pid {pid}( |$)"], capture_output=True, text=True)
+    return out.stdout.splitlines()
 
 
 def run_py(args: list[str], env: dict[str, str], timeout: int = 240) -> subprocess.CompletedProcess:
@@ -46,14 +47,16 @@ def test_default_job_trains_both_stages(tmp_path, cache):
     env = env_for(tmp_path, cache)
     del env["WANDB_MODE"]
     env["HOME"] = str(tmp_path / "home")  # no ~/.netrc with a W&B key
-    before = wandb_processes()
-    proc = run_py([*SMALL, "run_id=e2e", "stage.align.max_steps=12", "stage.instruct.max_steps=8",
-                   "num_sample_generations=3"], env)
+    proc = subprocess.Popen([sys.executable, "run.py", *SMALL, "run_id=e2e", "stage.align.max_steps=8",
+                             "stage.instruct.max_steps=8", "num_sample_generations=3"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     run = tmp_path / "out" / "runs" / "e2e"
     results = json.loads((run / "results.json").read_text())
-    for stage in ("align", "instruct"):
+    for stage, steps in (("align", 8), ("instruct", 8)):  # 256 samples = 8 steps of 32: the whole epoch
         summary = results["stages"][stage]
-        assert summary["global_step"] == summary["losses"][-1][0]
+        assert summary["global_step"] == steps == summary["losses"][-1][0]
         losses = [loss for _, loss in summary["losses"]]
         assert len(losses) == summary["global_step"] and all(torch.isfinite(torch.tensor(losses)))
         assert sum(losses[-3:]) < sum(losses[:3]), (stage, losses)  # the loss falls
@@ -70,19 +73,19 @@ def test_default_job_trains_both_stages(tmp_path, cache):
     assert set(json.loads((run / "eval" / "results.json").read_text())["benchmarks"]) == suite
     # W&B: offline by itself, one run, both stages' checkpoints in it as artifacts, and the sync command printed
     wandb_runs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(wandb_runs) == 1 and "wandb sync" in proc.stdout and "W&B run (offline)" in proc.stdout
+    assert len(wandb_runs) == 1 and "wandb sync" in stdout and "W&B run (offline)" in stdout
     records = wandb_runs[0].read_bytes()
     assert b"e2e-align" in records and b"e2e-instruct" in records
     metrics = (run / "logs" / "instruct" / "metrics.csv").read_text().splitlines()[0]
     assert "instruct/loss" in metrics and "instruct/lr" in metrics and "instruct/tokens_per_sec" in metrics
-    # nothing left running: W&B's helper processes ended with the run
+    # nothing left running: W&B's helper process ended with the run
     deadline = time.time() + 10
-    while wandb_processes() - before and time.time() < deadline:
+    while wandb_processes_of(proc.pid) and time.time() < deadline:
         time.sleep(0.5)
-    assert not wandb_processes() - before
+    assert not wandb_processes_of(proc.pid)
 
     # a second rung that differs only after align reuses the same align stage
-    run_py([*SMALL, "run_id=e2e-b", "stage.align.max_steps=12", "stage.instruct.max_steps=2", "logger=csv",
+    run_py([*SMALL, "run_id=e2e-b", "stage.align.max_steps=8", "stage.instruct.max_steps=2", "logger=csv",
             "num_sample_generations=0"], env)
     first = (run / "align").resolve()
     second = (tmp_path / "out" / "runs" / "e2e-b" / "align").resolve()

@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lmm.constants import VERIFY_IMAGES
 from lmm.data.images import ImageError
 from lmm.data.records import Record, RecordError, iter_raw_records, parse_record, record_problem, resolve_image_path
 from lmm.data.rejects import ON_ERROR, RejectLog, SampleError, reason_kind
 from lmm.data.store import FORMAT, FORMAT_VERSION, PartWriter, drop_part_meta, join_parts
 
-VERIFY = ("none", "header", "decode")
+VERIFY = VERIFY_IMAGES
 
 
 def source_fingerprint(records: str | os.PathLike, image_root: str | os.PathLike | None) -> dict[str, Any]:

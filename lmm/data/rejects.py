@@ -11,9 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lmm.constants import ON_ERROR
 from lmm.data.records import RecordError
 
-ON_ERROR = ("error", "skip")
+__all__ = ["ON_ERROR", "RejectLog", "SampleError", "reason_kind"]  # ON_ERROR: the choices of `on_error`
+
 
 
 class SampleError(RecordError):

@@ -22,7 +22,6 @@ samples are read by byte range (s3, gs) or from chunk files copied into that cac
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -206,8 +205,10 @@ class StoreReader:
         """The conversion's rejects.jsonl, copied from remote storage if need be (it may not exist)."""
         path = self.local / "rejects.jsonl"
         if self.remote and not path.exists() and self.index.get("rejected"):
-            with contextlib.suppress(Exception):  # a missing rejects file is reported by the caller
+            try:
                 self._download("rejects.jsonl", path)
+            except Exception as e:  # the caller reports the missing file; say why it is missing
+                print(f"[lmm] {self.location}: could not copy rejects.jsonl ({type(e).__name__}: {e})", flush=True)
         return path
 
     def _part(self, k: int) -> Any:

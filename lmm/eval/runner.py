@@ -76,7 +76,6 @@ class LoadedModel(NamedTuple):
     image_processor: ImageTransform  # the checkpoint's own preprocessing (size, mean, std, pad/crop)
     model_id: str  # written into every answer line
     source: str  # "lmm" or "hf_llava"
-    image_processor_dir: str | None = None  # folder of its preprocessor_config.json (None: derived from the tower)
 
 
 def _lmm_model_folder(path: Path) -> Path | None:
@@ -113,13 +112,13 @@ def _model_of_lightning_checkpoint(given: Path, p: Path) -> Path:
         raise ValueError(f"{given} is an align-stage checkpoint: the align stage trains only the connector and saves "
                          f"no model folder. Evaluate the instruct stage instead: checkpoint={run_hint}")
     model = stage_dir / "model"
+    if p.name not in ("checkpoints", "last.ckpt"):
+        raise ValueError(f"{given}: only last.ckpt maps to the stage's saved model ({model}, its final weights); "
+                         f"an intermediate checkpoint cannot be evaluated: pass checkpoint={model}")
     if not (model / MODEL_CARD).exists():
         raise ValueError(f"{given}: the stage folder {stage_dir} has no model/ folder yet (it is written when the "
                          "stage finishes; resume the run with the same run_id to finish it), then pass "
                          f"checkpoint={model}")
-    if p.name not in ("checkpoints", "last.ckpt"):
-        raise ValueError(f"{given}: only last.ckpt maps to the stage's saved model ({model}, its final weights); "
-                         f"pass checkpoint={model}")
     _log(f"checkpoint {given} -> the stage's saved model folder {model}")
     return model
 
@@ -138,10 +137,7 @@ def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> Loaded
     folder = _lmm_model_folder(p)
     if folder is not None:
         model, tokenizer = load_lmm_model(folder, dtype=dtype)
-        transform = load_image_transform(folder)
-        has_file = (folder / "encoder" / PREPROCESSOR).exists()
-        return LoadedModel(model, tokenizer, transform, _model_id(folder), "lmm",
-                           str(folder / "encoder") if has_file else None)
+        return LoadedModel(model, tokenizer, load_image_transform(folder), _model_id(folder), "lmm")
     config = p / "config.json"
     if config.exists() and json.loads(config.read_text()).get("model_type") == "llava":
         from lmm.export import from_hf_llava
@@ -155,8 +151,7 @@ def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> Loaded
         if transform is None:
             _log(f"{p} has no {PREPROCESSOR}: using the tower family's defaults at its resolution, padded")
             transform = default_transform(json.loads(config.read_text()), "pad")
-        return LoadedModel(model, tokenizer, transform, p.name, "hf_llava",
-                           str(p) if (p / PREPROCESSOR).exists() else None)
+        return LoadedModel(model, tokenizer, transform, p.name, "hf_llava")
     raise ValueError(f"{p} is neither an lmm run/model folder (with {MODEL_CARD}) nor a Hugging Face Llava folder")
 
 
