@@ -191,8 +191,9 @@ class LlavaDataModule(L.LightningDataModule):
             try:
                 reader = StoreReader(location, cache_dir=self.remote_cache_dir)
             except FileNotFoundError as e:
-                hint = (" lmm reads remote folders as they are and never converts into remote storage: convert "
-                        "locally (leave `shards` unset, or give a local folder) and upload the folder"
+                hint = (" If it was never converted: lmm reads remote folders as they are and never converts into "
+                        "remote storage; convert locally (leave `shards` unset, or give a local folder) and upload "
+                        "the folder"
                         if is_remote(location) else "")
                 raise FileNotFoundError(f"source {spec['name']!r}: {e}.{hint}") from e
             self._check_conversion_rejects(spec["name"], reader)

@@ -84,8 +84,12 @@ class ImageTransform:
         self.pad_color = tuple(int(255 * m) for m in self.mean)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, aspect: str = "pad") -> ImageTransform:
-        """Read size, mean, std and resample from an HF preprocessor_config.json (folder, file or hub id)."""
+    def from_pretrained(cls, path: str | os.PathLike, aspect: str | None = None) -> ImageTransform:
+        """Read size, mean, std and resample from an HF preprocessor_config.json (folder, file or hub id).
+
+        `aspect` None: the file's own pad/crop (lmm writes LLaVA's `image_aspect_ratio`; a Llava processor's
+        `do_pad: false` means crop), else LLaVA-1.5's "pad"; a given `aspect` wins.
+        """
         p = Path(path)
         file = p / "preprocessor_config.json" if p.is_dir() else p
         if file.is_file():
@@ -102,7 +106,7 @@ class ImageTransform:
             image_size=crop or resize,
             mean=cfg.get("image_mean", CLIP_MEAN),
             std=cfg.get("image_std", CLIP_STD),
-            aspect=aspect,
+            aspect=aspect or cfg.get("image_aspect_ratio") or ("crop" if cfg.get("do_pad") is False else "pad"),
             resample=cfg.get("resample", "bicubic"),
             resize_size=resize or crop,
         )

@@ -241,7 +241,8 @@ class StoreReader:
                 self._download("index.json", fresh)
             except Exception as e:  # each store raises its own kind of "not found"
                 raise FileNotFoundError(f"{self.location}: no index.json could be read ({type(e).__name__}: {e}); "
-                                        "not converted, or the conversion did not finish") from e
+                                        "not converted, the conversion did not finish, or the storage refused access "
+                                        "(credentials, network)") from e
             if not path.exists() or path.read_bytes() != fresh.read_bytes():
                 for stale in ("meta.npy", "rejects.jsonl"):
                     (self.local / stale).unlink(missing_ok=True)

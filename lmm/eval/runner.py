@@ -165,7 +165,7 @@ def _image_transform(cfg: DictConfig, model: LlavaModel,
     elif image_processor is not None:
         source = str(image_processor)
         transform = saved_image_transform(source) if Path(source).is_dir() else None
-        transform = transform or ImageTransform.from_pretrained(source, aspect=aspect or "pad")
+        transform = transform or ImageTransform.from_pretrained(source, aspect=aspect)
     else:
         source = OmegaConf.select(cfg, "model.encoder.pretrained")
         if source is None:

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from lmm.data.images import ASPECTS, CLIP_MEAN, CLIP_STD, ImageTransform
+from lmm.data.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from lmm.model.encoder import VisionEncoder
 from lmm.model.llava import LlavaModel
 from lmm.model.llm import load_llm, load_tokenizer
@@ -91,17 +91,16 @@ def saved_image_transform(folder: str | Path, tower_config: str | Path | None = 
     """The preprocessing recorded in `folder`/preprocessor_config.json, checked against the tower's image_size.
 
     `tower_config` defaults to `folder`/config.json. Returns None when the folder has no preprocessor config.
-    The aspect is the file's image_aspect_ratio, else a Llava processor's do_pad, else LLaVA-1.5's "pad".
+    The aspect is the file's own (see ImageTransform.from_pretrained).
     """
     folder = Path(folder)
     file = folder / PREPROCESSOR
     if not file.is_file():
         return None
-    settings = json.loads(file.read_text())
-    aspect = settings.get(ASPECT_KEY) or ("crop" if settings.get("do_pad") is False else "pad")
-    if aspect not in ASPECTS:
-        raise ValueError(f"{file}: {ASPECT_KEY}={aspect!r} is not one of {ASPECTS}")
-    transform = ImageTransform.from_pretrained(file, aspect=aspect)
+    try:
+        transform = ImageTransform.from_pretrained(file)
+    except ValueError as e:  # e.g. an image_aspect_ratio that is neither pad nor crop
+        raise ValueError(f"{file}: {e}") from e
     config_file = Path(tower_config) if tower_config is not None else folder / "config.json"
     if config_file.is_file():
         size = encoder_image_size(json.loads(config_file.read_text()))
