@@ -106,8 +106,7 @@ def main() -> None:
             bench_dir / "mm-vet" / "llava-mm-vet.jsonl", bench_dir / "mm-vet" / "mm-vet.json",
             bench_dir / "mm-vet" / "images", max_new_tokens=48)}
     hf_dir = Path(tempfile.mkdtemp(prefix="lmm-eval-speed-hf-"))
-    export_hf_llava(model, tokenizer, hf_dir, image_processor_source=transform,
-                    pad_to_square=transform.aspect == "pad")
+    export_hf_llava(model, tokenizer, hf_dir, image_processor_source=transform)
     hf = LlavaForConditionalGeneration.from_pretrained(hf_dir).eval()
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False)

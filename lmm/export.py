@@ -251,15 +251,18 @@ def _image_processor(source: Any, image_size: int, pad_to_square: bool) -> Llava
 
 
 def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, image_processor_source: Any = None,
-                    pad_to_square: bool = True, pad_vocab_to_multiple_of: int | None = None,
+                    pad_to_square: bool | None = None, pad_vocab_to_multiple_of: int | None = None,
                     chat_template: str | None = None) -> Path:
     """Write an HF Llava folder (weights, config, tokenizer, processor) that reproduces lmm's outputs.
 
     `<image>` becomes a special token of a copy of the tokenizer (which pads on the left, for batched generation);
     the LLM's embedding and lm_head grow to cover it (new rows = mean row). `image_processor_source` (a folder/hub
     id, an image-processor instance or an lmm ImageTransform) gives resize/normalisation settings; `pad_to_square`
-    turns on LLaVA-1.5's mean-colour padding. The lmm model and tokenizer themselves are not modified.
+    turns on LLaVA-1.5's mean-colour padding (None: an ImageTransform source's own pad/crop, else pad). The lmm
+    model and tokenizer themselves are not modified.
     """
+    if pad_to_square is None:
+        pad_to_square = getattr(image_processor_source, "aspect", "pad") == "pad"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     act, proj_state = _projector_state(model.connector)

@@ -56,6 +56,7 @@ from lmm.eval.scoring import (
     extract_mmbench_letter,
     extract_sqa_letter,
     gqa_postprocess,
+    mean_over_runs,
     normalize_vqa_answer,
     parse_mme_yes_no,
     parse_pope_yes_no,
@@ -978,7 +979,8 @@ class _Judged(Benchmark):
         runs = self.judge_runs
         grades = judge.grades
         per = [sum(grades[i:i + runs]) / runs for i in range(0, len(grades), runs)]
-        return metric.compute(), per, {"judge_run_scores": metric.compute_runs()}
+        per_run = metric.compute_runs()  # one sync; the reported scores are derived from the runs
+        return mean_over_runs(per_run), per, {"judge_run_scores": per_run}
 
 
 class MMVet(_QuestionFile, _Judged):

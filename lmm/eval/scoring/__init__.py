@@ -16,7 +16,13 @@ from lmm.eval.scoring.judge import (
     parse_llava_bench_scores,
     parse_mmvet_score,
 )
-from lmm.eval.scoring.judged import LLAVA_BENCH_CATEGORIES, MMVET_CAPABILITIES, LLaVABenchScore, MMVetScore
+from lmm.eval.scoring.judged import (
+    LLAVA_BENCH_CATEGORIES,
+    MMVET_CAPABILITIES,
+    LLaVABenchScore,
+    MMVetScore,
+    mean_over_runs,
+)
 from lmm.eval.scoring.mme import MME_COGNITION, MME_PERCEPTION, MME_SUBTASKS, MMEMetric
 from lmm.eval.scoring.normalize import (
     extract_mmbench_letter,
@@ -35,6 +41,6 @@ __all__ = [
     "MME_COGNITION", "MME_PERCEPTION", "MME_SUBTASKS", "MMVET_CAPABILITIES", "MMVetScore", "OpenAICompatibleJudge",
     "POPEMetric", "POPE_SPLITS", "PopeSplit", "RuleJudge", "SEEDAccuracy", "ScienceQAAccuracy", "VQAAccuracy",
     "evaluate_pope_files", "extract_mmbench_letter", "extract_sqa_letter", "gqa_postprocess", "llava_bench_query",
-    "load_pope_splits", "mmvet_query", "normalize_vqa_answer", "parse_llava_bench_scores", "parse_mme_yes_no",
-    "parse_mmvet_score", "parse_pope_yes_no", "read_jsonl", "vqa_score",
+    "load_pope_splits", "mean_over_runs", "mmvet_query", "normalize_vqa_answer", "parse_llava_bench_scores",
+    "parse_mme_yes_no", "parse_mmvet_score", "parse_pope_yes_no", "read_jsonl", "vqa_score",
 ]

@@ -49,11 +49,16 @@ class _JudgedMetric(Metric):
             return [self._run_scores(r) for r in range(self.runs)]
 
     def compute(self) -> dict[str, float]:
-        per_run = [self._run_scores(r) for r in range(self.runs)]
-        out = {k: statistics.fmean(r[k] for r in per_run) for k in per_run[0]}
-        if self.runs > 1:
-            out["score_std"] = statistics.stdev(r["score"] for r in per_run)  # sample std of the runs' totals
-        return out
+        return mean_over_runs([self._run_scores(r) for r in range(self.runs)])
+
+
+def mean_over_runs(per_run: list[dict[str, float]]) -> dict[str, float]:
+    """The judged scores reported: each score's mean over the judge runs, and with several runs the sample std of
+    their totals ("score_std"), as LLaVA reports MM-Vet."""
+    out = {k: statistics.fmean(r[k] for r in per_run) for k in per_run[0]}
+    if len(per_run) > 1:
+        out["score_std"] = statistics.stdev(r["score"] for r in per_run)
+    return out
 
 
 class MMVetScore(_JudgedMetric):
