@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from lmm.data.records import Record, parse_record
 FORMAT = "lmm-litdata"
 FORMAT_VERSION = 2  # 1 was lmm's own shard format (before litdata)
 META_DTYPE = np.dtype([("part", "<u4"), ("words", "<i4"), ("has_image", "?")])
+CACHE_RACE_SECONDS = 120.0  # how long a worker waits for a chunk that another worker is downloading
 REMOTE_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "local:")  # what litdata 0.2.76 streams for this format
 
 
@@ -195,7 +197,19 @@ class StoreReader:
     def read(self, i: int) -> tuple[dict[str, Any], bytes | None]:
         """The raw record dict and the image bytes (None for text-only) of sample i."""
         k, j = self._locate(i)
-        return decode_sample(self._part(k)[j])
+        if not self.remote:
+            return decode_sample(self._part(k)[j])
+        deadline = time.monotonic() + CACHE_RACE_SECONDS
+        while True:
+            try:
+                return decode_sample(self._part(k)[j])
+            except FileNotFoundError as e:
+                # litdata 0.2.76: when another worker holds a chunk's download lock, this one does not wait for it
+                # and opens the not-yet-published cache file. Wait for the other download to land, then read again.
+                in_cache = str(getattr(e, "filename", "") or "").startswith(str(self.local))
+                if not in_cache or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def record(self, i: int) -> tuple[Record, bytes | None]:
         raw, image = self.read(i)
