@@ -5,6 +5,7 @@ IMAGE_TOKEN_INDEX = -200  # input id of the image placeholder, replaced by the v
 IMAGE_PLACEHOLDER = "<image>"  # the placeholder as it appears in LLaVA-format text
 
 # Closed sets of config values, here so that config validation needs no heavy import.
+LOSS_NORMALIZATIONS = ("global_tokens", "llava")  # stage.<name>.loss_normalization (lmm/train/module.py)
 PARTS = ("encoder", "connector", "llm")  # the trainable parts of a LlavaModel (stage.<name>.train)
 ASPECTS = ("pad", "crop")  # image_aspect: pad to a square with the mean colour, or resize + centre crop
 ON_ERROR = ("error", "skip")  # bad input: raise naming file, record and reason, or a counted skip to rejects.jsonl

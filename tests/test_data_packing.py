@@ -67,8 +67,8 @@ def test_images_follow_placeholder_order_and_padding_is_reported():
 
 
 def test_packed_forward_through_llava_equals_the_samples_alone():
-    """Images spliced into packed rows: the packed loss and supervised tokens equal the per-sample ones."""
-    from lmm.data.packing import packed_forward
+    """Images spliced into packed rows by the model's one splice: the packed loss and supervised tokens equal the
+    per-sample ones."""
     from tests.conftest import tiny_llava
 
     model = tiny_llava().eval()
@@ -83,8 +83,9 @@ def test_packed_forward_through_llava_equals_the_samples_alone():
     batch = pack(samples, pad_token_id=0, capacity=48, visual_tokens=model.num_visual_tokens)
     assert batch["input_ids"].shape[0] < len(samples)
     with torch.no_grad():
-        logits, labels = packed_forward(model, batch)
-        loss, n = model.token_loss(logits, labels)
+        logits, spliced = model(batch["input_ids"], batch["attention_mask"], batch["images"], batch["labels"],
+                                position_ids=batch["position_ids"])
+        loss, n = model.token_loss(logits, spliced.labels)
         ref_loss, ref_n = 0.0, 0
         for s in samples:
             out, spliced = model(s["input_ids"][None], torch.ones(1, len(s["input_ids"]), dtype=torch.long),

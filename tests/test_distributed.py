@@ -179,22 +179,25 @@ def grad_samples() -> list[list[dict]]:
     return [[sample(10, 3, 0)], [sample(40, 30, 1), text_only], [sample(16, 2, 2)], [sample(30, 20, 3)]]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp-bf16"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp-bf16", "fsdp-packed", "ddp-llava"])
 def test_gradient_is_the_token_mean_over_all_ranks(tmp_path, mode):
-    """2 ranks x 2 accumulated micro-batches give the gradient of the token mean over the whole step."""
+    """2 ranks x 2 accumulated micro-batches give the gradient of the token mean over the whole step (packed rows
+    under FSDP2 too), or with loss_normalization=llava the mean of the 4 micro-batch means; the reference is
+    transformers' causal-LM loss on one process."""
     out = tmp_path / "grads.pt"
     run([sys.executable, "-m", "tests.test_distributed", mode, str(out)], env_for(tmp_path, tmp_path), timeout=120)
     captured = torch.load(out)
 
-    from lmm.data.dataset import collate
     from tests.conftest import tiny_llava
+    from tests.test_loss import hf_loss
 
     reference = tiny_llava()
     reference.encoder.requires_grad_(False)
-    batch = collate([s for micro in grad_samples() for s in micro], 0)
-    logits, spliced = reference(batch["input_ids"], batch["attention_mask"], batch["images"], batch["labels"])
-    loss_sum, n = reference.token_loss(logits, spliced.labels)
-    (loss_sum / n).backward()
+    if mode == "ddp-llava":
+        means = [hf_loss(reference, micro, mean=True)[0] for micro in grad_samples()]
+        (sum(means) / len(means)).backward()
+    else:
+        hf_loss(reference, [s for micro in grad_samples() for s in micro], mean=True)[0].backward()
     expected = {name: p.grad for name, p in reference.named_parameters() if p.grad is not None}
     assert set(captured["grads"]) == set(expected)
     if mode == "fsdp-bf16":  # FSDP2 computes in bf16 on fp32 parameters: close, not equal
@@ -215,6 +218,7 @@ def _grad_worker(mode: str, out: str) -> None:
     from torch.utils.data import DataLoader
 
     from lmm.data.dataset import collate
+    from lmm.data.packing import pack
     from lmm.train.module import LlavaLitModule
     from lmm.train.sharding import FSDP2Plan, FSDP2Strategy, clean_name
     from tests.conftest import tiny_llava
@@ -243,15 +247,18 @@ def _grad_worker(mode: str, out: str) -> None:
         def train_dataloader(self):
             rank = self.trainer.global_rank
             micro = grad_samples()[2 * rank: 2 * rank + 2]
+            if mode == "fsdp-packed":  # each micro-batch in one row, positions restarting per sample
+                return DataLoader([pack(m, 0, capacity=64, visual_tokens=4) for m in micro], batch_size=None)
             return DataLoader([collate(m, 0) for m in micro], batch_size=None)
 
     fsdp = None
-    if mode == "ddp":
+    if mode.startswith("ddp"):
         strategy = DDPStrategy(find_unused_parameters=False)
     else:
         strategy = FSDP2Strategy()
         fsdp = FSDP2Plan(param_dtype="bfloat16" if mode == "fsdp-bf16" else "float32", activation_checkpointing=True)
-    module = Capture(tiny_llava(), train=["connector", "llm"], lr=1e-3, warmup_ratio=0.0, fsdp=fsdp)
+    module = Capture(tiny_llava(), train=["connector", "llm"], lr=1e-3, warmup_ratio=0.0, fsdp=fsdp,
+                     loss_normalization="llava" if mode == "ddp-llava" else "global_tokens")
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=1, accumulate_grad_batches=2,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False)

@@ -6,8 +6,8 @@ Each row holds `position_ids` that restart at 0 at every sample and `segment_ids
 padding). Given `position_ids`, no 2-D attention mask and no KV cache (`use_cache=False`, as in training),
 transformers' causal-mask builder
 (masking_utils.find_packed_sequence_indices) makes the mask block-diagonal, so a packed row computes exactly what
-its samples compute alone (tests/test_data_packing.py checks logits). The model's splice must expand each image
-placeholder to its visual tokens with positions continuing inside the sample (see experiments/data_pipeline.md).
+its samples compute alone (tests/test_data_packing.py checks logits). This module only lays the rows out;
+`LlavaModel.forward(..., position_ids=)` splices the images into them (the one splice, packed or not).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lmm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from lmm.constants import IGNORE_INDEX
 
 
 def first_fit_decreasing(costs: list[int], capacity: int) -> list[list[int]]:
@@ -72,51 +72,3 @@ def pack(samples: list[dict[str, Any]], pad_token_id: int, capacity: int, visual
             "sample_tokens": torch.tensor([int((samples[i]["labels"][1:] != IGNORE_INDEX).sum()) for i in order]),
             "positions": torch.tensor([n * max(row_cost), sum(row_cost)]), "packed": True}
 
-
-def packed_forward(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of a packed micro-batch through a LlavaModel (its encoder, connector and LLM).
-
-    Each image placeholder, in row-major order, takes the next image's visual tokens; positions restart at every
-    sample and continue through its visual tokens; the LLM gets no 2-D mask and no cache, so transformers builds the
-    block-diagonal causal mask from the positions. The labels align with the logits as in LlavaModel.forward, so
-    `LlavaModel.token_loss(logits, labels)` applies unchanged.
-    """
-    input_ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
-    starts = batch["position_ids"]
-    embed = model.llm.get_input_embeddings()
-    text = embed(input_ids.clamp(min=0))
-    visual = model.encode_images(batch["images"])
-    n_visual = visual.shape[1]
-    rows, row_labels, row_positions = [], [], []
-    k = 0
-    for r in range(input_ids.shape[0]):
-        n = int(mask[r].sum())
-        bounds = (starts[r, :n] == 0).nonzero().flatten().tolist() + [n]
-        pieces, labs, pos = [], [], []
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):  # one sample: tokens [a, b) of the row
-            prev = a
-            for p in (input_ids[r, a:b] == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist():
-                pieces += [text[r, prev:a + p], visual[k]]
-                labs += [labels[r, prev:a + p], labels.new_full((n_visual,), IGNORE_INDEX)]
-                prev, k = a + p + 1, k + 1
-            pieces.append(text[r, prev:b])
-            labs.append(labels[r, prev:b])
-            pos.append(torch.arange(sum(len(x) for x in labs) - sum(len(x) for x in pos)))
-        rows.append(torch.cat(pieces))
-        row_labels.append(torch.cat(labs))
-        row_positions.append(torch.cat(pos))
-    if k != visual.shape[0] and not (k == 0 and visual.shape[0] == 1):
-        raise ValueError(f"the packed batch has {k} image placeholders but {visual.shape[0]} images")
-    longest = max(len(x) for x in rows)
-    embeds = text.new_zeros(len(rows), longest, text.shape[-1])
-    out_labels = labels.new_full((len(rows), longest), IGNORE_INDEX)
-    positions = torch.zeros(len(rows), longest, dtype=torch.long, device=input_ids.device)
-    for r, (e, lab, pos) in enumerate(zip(rows, row_labels, row_positions, strict=True)):
-        n = len(e)
-        embeds[r, :n], out_labels[r, :n] = e, lab
-        positions[r, :n] = pos.to(positions.device)
-        positions[r, n:] = torch.arange(longest - n, device=positions.device)  # padding: a sequence of its own
-    if k == 0:  # keep the connector in the graph (DDP/FSDP), with no effect on the values
-        embeds = embeds + 0 * visual.sum()
-    logits = model.llm(inputs_embeds=embeds, position_ids=positions, use_cache=False).logits
-    return logits, out_labels

@@ -57,49 +57,74 @@ class LlavaModel(nn.Module):
         return next(self.connector.parameters()).dtype
 
     def splice(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None,
-               labels: torch.Tensor | None = None, padding_side: str = "right") -> Spliced:
-        """Replace each sample's image placeholder by its visual tokens; re-pad, rebuild masks and positions.
+               labels: torch.Tensor | None = None, padding_side: str = "right",
+               position_ids: torch.Tensor | None = None) -> Spliced:
+        """Replace each image placeholder by its visual tokens; re-pad, rebuild masks and positions.
 
-        Every sample's visual tokens take part in the graph, also for samples without a placeholder (as a
-        zero-length slice): every rank then uses the connector in every step, which DDP and FSDP require.
-        A sequence longer than `max_length` is cut at its end; a cut through the visual tokens is an error.
+        Unpacked (`position_ids` None): row b is one sample and takes image b; every image's visual tokens take part
+        in the graph, also for rows without a placeholder (as a zero-length slice), since DDP and FSDP need the
+        connector in every step of every rank. Packed (`position_ids` given, restarting at 0 where a sample
+        starts, see lmm/data/packing.py): a row holds several samples, the placeholders take the images in
+        row-major order, and positions restart at every sample and run on through its visual tokens.
+        A sequence longer than `max_length` is cut at its end; a cut through visual tokens is an error.
         """
         embed = self.llm.get_input_embeddings()
         text_embeds = embed(input_ids.clamp(min=0))
         visual = self.encode_images(images) if images is not None else None
-        pieces, piece_labels = [], []
+        packed = position_ids is not None
+        pieces, piece_labels, piece_positions = [], [], []
+        next_image = 0
         for b in range(input_ids.shape[0]):
             keep = attention_mask[b].bool()
             ids, emb = input_ids[b][keep], text_embeds[b][keep]
             lab = labels[b][keep] if labels is not None else None
-            where = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
-            if len(where) > 1:
-                raise ValueError(f"sample {b} has {len(where)} image placeholders; lmm supports one image per sample")
-            if where and visual is None:
-                raise ValueError(f"sample {b} has an image placeholder but the batch carries no images")
-            if where:
-                p = where[0]
-                emb = torch.cat([emb[:p], visual[b], emb[p + 1:]])
-                if lab is not None:
-                    vis_lab = lab.new_full((visual.shape[1],), IGNORE_INDEX)
-                    lab = torch.cat([lab[:p], vis_lab, lab[p + 1:]])
-                end_of_visual = p + visual.shape[1]
-            else:
-                if visual is not None:
-                    emb = torch.cat([emb, visual[b][:0]])
-                end_of_visual = 0
+            starts = (position_ids[b][keep] == 0).nonzero().flatten().tolist() if packed else [0]
+            bounds = [*starts, len(ids)] if starts and starts[0] == 0 else [0, *starts, len(ids)]
+            row_emb, row_lab, row_pos, end_of_visual = [], [], [], 0
+            for start, end in zip(bounds[:-1], bounds[1:], strict=True):  # one sample: tokens [start, end)
+                where = (ids[start:end] == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+                if len(where) > 1:
+                    raise ValueError(f"row {b}: a sample has {len(where)} image placeholders; lmm supports one image "
+                                     "per sample")
+                seg_emb, seg_lab = emb[start:end], lab[start:end] if lab is not None else None
+                if where:
+                    k = next_image if packed else b
+                    if visual is None or k >= visual.shape[0]:
+                        raise ValueError(f"row {b} has an image placeholder but the batch carries no image for it "
+                                         f"({0 if visual is None else visual.shape[0]} images)")
+                    next_image += 1
+                    p = where[0]
+                    seg_emb = torch.cat([seg_emb[:p], visual[k], seg_emb[p + 1:]])
+                    if seg_lab is not None:
+                        seg_lab = torch.cat([seg_lab[:p], seg_lab.new_full((visual.shape[1],), IGNORE_INDEX),
+                                             seg_lab[p + 1:]])
+                    end_of_visual = sum(len(e) for e in row_emb) + p + visual.shape[1]
+                row_emb.append(seg_emb)
+                row_lab.append(seg_lab)
+                row_pos.append(torch.arange(len(seg_emb), device=emb.device))
+            emb, pos = torch.cat(row_emb), torch.cat(row_pos)
+            lab = torch.cat(row_lab) if lab is not None else None
+            if visual is not None and not packed:
+                emb = torch.cat([emb, visual[b][:0]])
             if emb.shape[0] > self.max_length:
                 if end_of_visual > self.max_length:
-                    raise ValueError(f"sample {b}: the visual tokens end at position {end_of_visual}, beyond "
+                    raise ValueError(f"row {b}: the visual tokens end at position {end_of_visual}, beyond "
                                      f"max_length={self.max_length}; truncation would cut through them")
-                emb = emb[: self.max_length]
+                emb, pos = emb[: self.max_length], pos[: self.max_length]
                 lab = lab[: self.max_length] if lab is not None else None
             pieces.append(emb)
             piece_labels.append(lab)
-        return self._pad(pieces, piece_labels if labels is not None else None, padding_side)
+            piece_positions.append(pos)
+        if packed and visual is not None:
+            if next_image != visual.shape[0] and not (next_image == 0 and visual.shape[0] == 1):
+                raise ValueError(f"the packed batch has {next_image} image placeholders but {visual.shape[0]} images")
+            if next_image == 0:  # a text-only packed batch: keep the connector in the graph, with no effect on values
+                pieces[0] = pieces[0] + 0 * visual.sum()
+        return self._pad(pieces, piece_labels if labels is not None else None, piece_positions, padding_side)
 
     @staticmethod
-    def _pad(pieces: list[torch.Tensor], piece_labels: list[torch.Tensor] | None, side: str) -> Spliced:
+    def _pad(pieces: list[torch.Tensor], piece_labels: list[torch.Tensor] | None, piece_positions: list[torch.Tensor],
+             side: str) -> Spliced:
         batch, longest, dim = len(pieces), max(p.shape[0] for p in pieces), pieces[0].shape[1]
         ref = pieces[0]
         embeds = ref.new_zeros(batch, longest, dim)
@@ -112,16 +137,24 @@ class LlavaModel(nn.Module):
             span = slice(0, n) if side == "right" else slice(longest - n, longest)
             embeds[b, span] = piece
             mask[b, span] = 1
-            positions[b, span] = torch.arange(n, device=ref.device)
+            positions[b, span] = piece_positions[b]
+            if side == "right":  # padding as a sequence of its own: a packed row needs no 2-D mask then
+                positions[b, n:] = torch.arange(longest - n, device=ref.device)
             if labels is not None:
                 labels[b, span] = piece_labels[b]
         return Spliced(embeds, mask, positions, labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Spliced]:
-        """Logits over the spliced sequence, and the spliced batch (its labels align with the logits)."""
-        s = self.splice(input_ids, attention_mask, images, labels)
-        out = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask, position_ids=s.position_ids,
+                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, Spliced]:
+        """Logits over the spliced sequence, and the spliced batch (its labels align with the logits).
+
+        A packed batch (`position_ids` given) goes to the LLM without a 2-D mask and without cache: transformers
+        then builds the block-diagonal causal mask from the positions, so no sample attends to another.
+        """
+        s = self.splice(input_ids, attention_mask, images, labels, position_ids=position_ids)
+        mask = None if position_ids is not None else s.attention_mask
+        out = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=mask, position_ids=s.position_ids,
                        use_cache=False)
         return out.logits, s
 

@@ -1,4 +1,4 @@
-"""The LightningModule of one training stage: which parts learn, the optimizer, and the token-normalised loss."""
+"""The LightningModule of one training stage: which parts learn, the optimizer, and how the loss is normalised."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import lightning as L
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from lmm.constants import PARTS
-from lmm.data.packing import packed_forward
+from lmm.constants import LOSS_NORMALIZATIONS, PARTS
 from lmm.model.llava import LlavaModel
 from lmm.train.sharding import clean_name
 
@@ -19,21 +18,28 @@ from lmm.train.sharding import clean_name
 class LlavaLitModule(L.LightningModule):
     """Trains the parts of a LlavaModel named in `train` (align: connector; instruct: connector + llm).
 
-    The loss of an optimizer step is the mean over every supervised token of that step, across micro-batches and
-    ranks: each micro-batch back-propagates the *sum* of its token losses, and before the optimizer step the gradients
-    are rescaled by accumulate * world_size / (supervised tokens of the whole step). Lightning's automatic
-    optimisation divides each micro-batch loss by `accumulate_grad_batches` and DDP/FSDP average over ranks; the
-    rescale undoes both. A plain mean per micro-batch would weigh a 3-token micro-batch like a 300-token one.
+    `loss_normalization="global_tokens"` (lmm's default): the loss of an optimizer step is the mean over every
+    supervised token of that step, across micro-batches and ranks. Each micro-batch back-propagates the *sum* of its
+    token losses, and before the optimizer step the gradients are rescaled by accumulate * world_size / (supervised
+    tokens of the whole step): Lightning's automatic optimisation divides each micro-batch loss by
+    `accumulate_grad_batches` and DDP/FSDP average over ranks, and the rescale undoes both.
+    `loss_normalization="llava"`: LLaVA's objective (HF Trainer, spec §3.5): each micro-batch's mean over its own
+    supervised tokens, averaged over micro-batches and ranks, so a 3-token micro-batch weighs as much as a 300-token
+    one. A micro-batch without supervised tokens contributes 0 there (HF would give NaN).
     """
 
     def __init__(self, model: LlavaModel | Callable[[], LlavaModel], train: list[str], lr: float,
                  weight_decay: float = 0.0, warmup_ratio: float = 0.03, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, init_connector_from: str | None = None, gradient_checkpointing: bool = False,
-                 fsdp: Callable[[LlavaModel, Any], None] | None = None, stage_name: str = "train") -> None:
+                 fsdp: Callable[[LlavaModel, Any], None] | None = None, stage_name: str = "train",
+                 loss_normalization: str = "global_tokens") -> None:
         super().__init__()
         unknown = set(train) - set(PARTS)
         if unknown:
             raise ValueError(f"unknown part(s) to train {sorted(unknown)}; choose from {PARTS}")
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"loss_normalization={loss_normalization!r}; choose from {LOSS_NORMALIZATIONS}")
+        self.loss_normalization = loss_normalization
         self.model = model if isinstance(model, torch.nn.Module) else model()
         self.train_parts = list(train)
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
@@ -49,6 +55,8 @@ class LlavaLitModule(L.LightningModule):
             enable_hf_checkpointing(self.model.llm)  # under trainer=fsdp the sharding plan checkpoints instead
         self._tokens = torch.zeros((), dtype=torch.long)
         self._loss_sum = torch.zeros(())
+        self._micro_means = torch.zeros(())  # loss_normalization="llava": sum of micro-batch means, and their count
+        self._micro_batches = torch.zeros(())
         self.strict_loading = False  # checkpoints hold only the trainable weights; the frozen ones come from config
         self._sharded = False
 
@@ -92,34 +100,43 @@ class LlavaLitModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if batch.get("packed"):  # several samples per row (data.<stage>.pack=true): see lmm/data/packing.py
-            logits, labels = packed_forward(self.model, batch)
-        else:
-            logits, spliced = self.model(batch["input_ids"], batch["attention_mask"], batch["images"],
-                                         batch["labels"])
-            labels = spliced.labels
-        loss_sum, tokens = self.model.token_loss(logits, labels)
+        # a packed batch (data.<stage>.pack=true) carries per-sample positions: see lmm/data/packing.py
+        positions = batch["position_ids"] if batch.get("packed") else None
+        logits, spliced = self.model(batch["input_ids"], batch["attention_mask"], batch["images"], batch["labels"],
+                                     position_ids=positions)
+        loss_sum, tokens = self.model.token_loss(logits, spliced.labels)
         self._tokens = self._tokens.to(tokens.device) + tokens
         self._loss_sum = self._loss_sum.to(loss_sum.device) + loss_sum.detach().float()
         self.log(f"{self.stage_name}/seq_len", float(logits.shape[1]), on_step=True, batch_size=1)
+        if self.loss_normalization == "llava":
+            mean = loss_sum / tokens.clamp(min=1)
+            self._micro_means = self._micro_means.to(mean.device) + mean.detach().float()
+            self._micro_batches = self._micro_batches.to(mean.device) + 1
+            return mean
         return loss_sum
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         strategy = self.trainer.strategy
         tokens = strategy.reduce(self._tokens.clone().float(), reduce_op="sum")
-        loss_sum = strategy.reduce(self._loss_sum.clone(), reduce_op="sum")
-        accumulate = self.trainer.accumulate_grad_batches
-        # A Python number: under FSDP2 the gradients are DTensors (shards), which refuse plain-tensor operands.
-        scale = float(accumulate * self.trainer.world_size / tokens.clamp(min=1.0))
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.grad.mul_(scale)
-        self.log(f"{self.stage_name}/loss", loss_sum / tokens.clamp(min=1.0), on_step=True, prog_bar=True, batch_size=1,
-                 rank_zero_only=True)
+        token_mean = strategy.reduce(self._loss_sum.clone(), reduce_op="sum") / tokens.clamp(min=1.0)
+        if self.loss_normalization == "global_tokens":
+            accumulate = self.trainer.accumulate_grad_batches
+            # A Python number: under FSDP2 the gradients are DTensors (shards), which refuse plain-tensor operands.
+            scale = float(accumulate * self.trainer.world_size / tokens.clamp(min=1.0))
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
+            objective = token_mean
+        else:  # the gradients already are those of the mean of micro-batch means: log that mean
+            micro_batches = strategy.reduce(self._micro_batches.clone(), reduce_op="sum").clamp(min=1.0)
+            objective = strategy.reduce(self._micro_means.clone(), reduce_op="sum") / micro_batches
+            self.log(f"{self.stage_name}/token_mean_loss", token_mean, on_step=True, batch_size=1,
+                     rank_zero_only=True)
+        self.log(f"{self.stage_name}/loss", objective, on_step=True, prog_bar=True, batch_size=1, rank_zero_only=True)
         self.log(f"{self.stage_name}/supervised_tokens", tokens, on_step=True, batch_size=1, rank_zero_only=True)
-        self._tokens.zero_()
-        self._loss_sum.zero_()
+        for state in (self._tokens, self._loss_sum, self._micro_means, self._micro_batches):
+            state.zero_()
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
