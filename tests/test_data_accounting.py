@@ -35,13 +35,15 @@ class CapturingLogger(Logger):
         self.calls.append((step, dict(metrics)))
 
 
-def test_accounting_and_conversion_rejects_reach_the_logger(tmp_path):
+def test_accounting_and_conversion_rejects_and_repairs_reach_the_logger(tmp_path):
     kit = data_kit(tmp_path / "kit")
     img, img_root = write_source(tmp_path, "img", 24, image_fraction=1.0, seed=1, turns=(1, 1))
     recs = json.loads(img.read_text())
     recs[3]["image"] = "images/nowhere.png"  # missing image
     recs[7]["conversations"][0]["value"] = recs[7]["conversations"][0]["value"].replace("<image>\n", "")  # 0 <image>
     recs[9]["image"] = "images/gone.png"
+    for i in (4, 11):  # a leading gpt turn: dropped (spec §2.3), counted as a repair, not as a reject
+        recs[i]["conversations"].insert(0, {"from": "gpt", "value": "Hi! Ask me anything."})
     img.write_text(json.dumps(recs))
     txt, txt_root = write_source(tmp_path, "txt", 16, image_fraction=0.0, seed=2, turns=(1, 1))
     sources = [{"name": "img", "records": str(img), "image_root": str(img_root)},
@@ -62,6 +64,10 @@ def test_accounting_and_conversion_rejects_reach_the_logger(tmp_path):
     assert last["instruct/data/img/rejected_at_conversion/image_placeholders"] == 1
     assert last["instruct/data/txt/rejected_at_conversion"] == 0
     assert last["instruct/data/rejected_at_conversion"] == 3
+    assert last["instruct/data/img/repaired_at_conversion"] == 2
+    assert last["instruct/data/img/repaired_at_conversion/dropped_first_turn_not_human"] == 2
+    assert last["instruct/data/txt/repaired_at_conversion"] == 0
+    assert last["instruct/data/repaired_at_conversion"] == 2
     assert last["instruct/data/img/samples"] + last["instruct/data/txt/samples"] == 16  # 4 steps of 4 samples
     assert last["instruct/data/rejected"] == 0 and "instruct/data/pad_fraction" in last
     counts = [m["instruct/data/img/samples"] + m["instruct/data/txt/samples"] for m in logged]

@@ -11,6 +11,7 @@ from lmm.data.convert import convert
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.records import RecordError
 from lmm.data.rejects import SampleError
+from lmm.data.store import StoreReader
 from lmm.data.synthetic import data_kit, write_source
 
 
@@ -33,8 +34,14 @@ CONVERSION_CASES = [
     ("not-alternating", {"conversations": _turns("<image>\nA?", "B?", roles=["human", "human"])},
      "must alternate", "malformed conversation"),
     ("empty-turn", {"conversations": _turns("<image>\nWhat?", "  ")}, "empty value", "malformed conversation"),
-    ("gpt-first", {"conversations": _turns("Hi.", "<image>\nWhat?", roles=["gpt", "human"])},
-     "first turn must be from 'human'", "malformed conversation"),
+    # a first turn from gpt is dropped (spec §2.3); what is left is validated, and a rejection says it was repaired
+    ("gpt-only", {"conversations": _turns("<image>\nHi.", roles=["gpt"])},
+     "empty 'conversations' (after LLaVA's repair: dropped turn 0 (from 'gpt')", "malformed conversation"),
+    ("two-gpt-first", {"conversations": _turns("Hi.", "Hello.", "<image>\nWhat?", "red",
+                                               roles=["gpt", "gpt", "human", "gpt"])},
+     "first turn must be from 'human', got 'gpt' (after LLaVA's repair", "malformed conversation"),
+    ("image-in-dropped-turn", {"conversations": _turns("<image>\nHi.", "What?", "red", roles=["gpt", "human", "gpt"])},
+     "found 0 (after LLaVA's repair", "image placeholders"),
     ("escapes-root", {"image": "../outside.png"}, "escapes the image root", "image path outside root"),
 ]
 
@@ -61,6 +68,74 @@ def test_bad_records_at_conversion(tmp_path, rid, patch, reason, kind):
     (line,) = (tmp_path / "lenient" / "rejects.jsonl").read_text().splitlines()
     entry = json.loads(line)
     assert entry["id"] == rid and entry["record"] == 5 and reason in entry["reason"] and entry["file"] == str(records)
+
+
+def _gpt_first(records, ids):
+    """Records `ids` get a leading gpt turn (as some of LLaVA's data has); returns their conversations without it."""
+    recs = json.loads(records.read_text())
+    kept = {}
+    for i in ids:
+        kept[recs[i]["id"]] = [dict(t) for t in recs[i]["conversations"]]
+        recs[i]["conversations"].insert(0, {"from": "gpt", "value": f"Hello {i}, what do you want to know?"})
+    records.write_text(json.dumps(recs))
+    return kept
+
+
+@pytest.mark.parametrize("on_error", ["error", "skip"])
+def test_a_first_turn_from_gpt_is_dropped_and_counted_as_a_repair(tmp_path, on_error):
+    records, root = write_source(tmp_path, "src", 12, image_fraction=1.0, seed=1, turns=(1, 2))
+    expected = _gpt_first(records, [2, 5])
+    index = convert(records, root, tmp_path / "out", on_error=on_error, progress=False)
+    assert index["num_samples"] == 12 and index["rejected"] == 0 and index["rejected_by_reason"] == {}
+    assert index["repaired"] == 2 and index["repaired_by_reason"] == {"dropped first turn not human": 2}
+    assert not (tmp_path / "out" / "rejects.jsonl").exists()
+    stored = {rec.id: rec for rec, _ in (StoreReader(tmp_path / "out").record(i) for i in range(12))}
+    for rid, turns in expected.items():
+        assert [{"from": t.role, "value": t.value} for t in stored[rid].conversations] == turns
+    lines = [json.loads(x) for x in (tmp_path / "out" / "repairs.jsonl").read_text().splitlines()]
+    assert [(x["record"], x["id"], x["kind"]) for x in lines] == [(i, f"src-{i}", "dropped first turn not human")
+                                                                  for i in (2, 5)]
+    assert "turn 0 (from 'gpt')" in lines[0]["detail"]
+
+
+def test_interrupted_conversion_counts_each_repair_once(tmp_path):
+    records, root = write_source(tmp_path, "src", 24, image_fraction=0.5, seed=2, turns=(1, 1))
+    _gpt_first(records, [1, 9, 20])
+
+    def stop_after_two(k):
+        if k == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(records, root, tmp_path / "cut", part_samples=8, progress=False, on_part=stop_after_two)
+    with open(tmp_path / "cut" / "repairs.jsonl", "a") as fh:  # written after the last finished part: dropped
+        fh.write(json.dumps({"record": 20, "id": "src-20"}) + "\n")
+    index = convert(records, root, tmp_path / "cut", part_samples=8, progress=False)
+    assert index["repaired"] == 3 and index["repaired_by_reason"] == {"dropped first turn not human": 3}
+    ids = [json.loads(x)["id"] for x in (tmp_path / "cut" / "repairs.jsonl").read_text().splitlines()]
+    assert ids == ["src-1", "src-9", "src-20"]
+
+
+def test_many_gpt_first_records_do_not_stop_a_lenient_run(kit, tmp_path):
+    """Half the records start with a gpt turn: dropped and trained on, not rejected, so neither the conversion
+    check nor the load-time check of max_reject_fraction stops the run."""
+    import lightning as L
+
+    from lmm.data.accounting import DataAccounting
+    from tests.conftest import BatchConsumer
+
+    records, root = write_source(tmp_path, "src", 24, image_fraction=1.0, seed=1, turns=(1, 1))
+    _gpt_first(records, range(0, 24, 2))
+    dm = _module(kit, records, root, tmp_path, on_error="skip", max_reject_fraction=0.05, output_dir=tmp_path / "run")
+    accounting = DataAccounting("instruct", min_samples_for_check=8)
+    trainer = L.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[accounting])
+    trainer.fit(BatchConsumer(), datamodule=dm)
+    assert dm.conversion_rejects() == {"src": 0}
+    metrics = accounting.metrics()
+    assert metrics["instruct/data/src/samples"] == 24 and metrics["instruct/data/rejected"] == 0
+    assert metrics["instruct/data/src/repaired_at_conversion/dropped_first_turn_not_human"] == 12
+    assert metrics["instruct/data/rejected_at_conversion"] == 0
 
 
 def _module(kit, records, root, tmp_path, **kwargs):

@@ -5,7 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from lmm.data.records import Record, RecordError, Turn, load_records, resolve_image_path, validate_record
+from lmm.data.records import (
+    FIRST_TURN_DROPPED,
+    Record,
+    RecordError,
+    Turn,
+    load_records,
+    record_problem,
+    repair_record,
+    resolve_image_path,
+    validate_record,
+)
 
 GOOD = [
     {"id": "000000033471", "image": "coco/train2017/000000033471.jpg", "conversations": [
@@ -105,3 +115,33 @@ def test_pretty_printed_object_is_explained(tmp_path):
     path.write_text(json.dumps(GOOD[0], indent=2))
     with pytest.raises(RecordError, match=r"one\.json: expected a JSON list or JSONL"):
         load_records(path)
+
+
+def test_a_first_turn_not_from_human_is_dropped_as_llava_does():
+    """Spec §2.3 (LLaVA's preprocess: source = source[1:]): the leading gpt turn goes, the rest is kept as is."""
+    raw = Record("r", "a.jpg", _conv(("gpt", "Hello, ask me."), ("human", "<image>\nWhat colour?"), ("gpt", "Red."),
+                                     ("human", "Sure?"), ("gpt", "Yes.")))
+    rec, repairs = repair_record(raw)
+    assert rec.conversations == _conv(("human", "<image>\nWhat colour?"), ("gpt", "Red."), ("human", "Sure?"),
+                                      ("gpt", "Yes."))
+    assert (rec.id, rec.image) == ("r", "a.jpg") and record_problem(rec, "/data/images") is None
+    assert [r.kind for r in repairs] == [FIRST_TURN_DROPPED] and "turn 0 (from 'gpt')" in repairs[0].detail
+    assert raw.conversations[0] == Turn("gpt", "Hello, ask me.") and len(raw.conversations) == 5  # input untouched
+    for role in ("system", "assistant"):  # any role but human, as the spec says
+        rec, repairs = repair_record(Record("r", None, _conv((role, "x"), ("human", "Q?"), ("gpt", "A."))))
+        assert rec.conversations == _conv(("human", "Q?"), ("gpt", "A.")) and len(repairs) == 1
+
+
+def test_a_human_first_record_is_not_repaired():
+    rec = Record("r", "a.jpg", IMG_OK)
+    assert repair_record(rec) == (rec, [])
+    assert repair_record(Record("r", None, [])) == (Record("r", None, []), [])
+
+
+def test_only_one_turn_is_dropped_and_what_is_left_is_validated():
+    """LLaVA drops a single turn: a conversation still not starting with human, or left empty, stays unusable."""
+    rec, repairs = repair_record(Record("r", None, _conv(("gpt", "A."), ("gpt", "B."), ("human", "Q?"), ("gpt", "C."))))
+    assert rec.conversations == _conv(("gpt", "B."), ("human", "Q?"), ("gpt", "C.")) and len(repairs) == 1
+    assert "first turn must be from 'human', got 'gpt'" in record_problem(rec)
+    rec, repairs = repair_record(Record("r", None, _conv(("gpt", "A."))))
+    assert rec.conversations == [] and "empty 'conversations'" in record_problem(rec)

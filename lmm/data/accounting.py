@@ -9,6 +9,11 @@ Records a lenient conversion skipped never reach a batch, so they are logged too
 indexes: `<stage>/data/<source>/rejected_at_conversion` and `.../rejected_at_conversion/<reason>` per source
 (e.g. `missing_image`, `image_placeholders`), and `<stage>/data/rejected_at_conversion` over all sources. A run
 that lost data before its first step shows it beside what it trained on.
+
+Records the conversion repaired rather than rejected (LLaVA's own fixes, lmm.data.records.repair_record: a first
+turn not from human is dropped) are trained on, and logged apart from the rejects:
+`<stage>/data/<source>/repaired_at_conversion[/<reason>]` (e.g. `dropped_first_turn_not_human`) and
+`<stage>/data/repaired_at_conversion`. They do not count toward `max_reject_fraction`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ class DataAccounting(L.Callback):
 
     def __init__(self, stage: str, sources: Sequence[str] | None = None, log_every_n_steps: int = 5,
                  conversion_rejects: Mapping[str, Mapping[str, int]] | None = None,
-                 max_reject_fraction: float | None = None, min_samples_for_check: int = 200) -> None:
+                 max_reject_fraction: float | None = None, min_samples_for_check: int = 200,
+                 conversion_repairs: Mapping[str, Mapping[str, int]] | None = None) -> None:
         self.stage, self.every = stage, max(1, int(log_every_n_steps))
         # None: the trainer's datamodule's `max_reject_fraction` (LlavaDataModule: 0.05), if it has one
         self.max_reject_fraction, self.min_samples_for_check = max_reject_fraction, min_samples_for_check
@@ -34,6 +40,9 @@ class DataAccounting(L.Callback):
         # per source, per reason: records its conversion skipped (default: asked of the trainer's datamodule)
         self.conversion_rejects = {k: dict(v) for k, v in conversion_rejects.items()} \
             if conversion_rejects is not None else None
+        # per source, per reason: records its conversion repaired and kept (default: read from the datamodule)
+        self.conversion_repairs = {k: dict(v) for k, v in conversion_repairs.items()} \
+            if conversion_repairs is not None else None
         self.totals: torch.Tensor | None = None  # [S + 1, 2]: per source (samples, tokens); last row: rejected, trunc.
         self._pending: torch.Tensor | None = None
         self._positions = torch.zeros(2, dtype=torch.float64)  # (all positions, real positions) since the last log
@@ -49,6 +58,8 @@ class DataAccounting(L.Callback):
         if self.conversion_rejects is None:
             by_reason = getattr(trainer.datamodule, "conversion_rejects_by_reason", None)
             self.conversion_rejects = by_reason() if callable(by_reason) else {}
+        if self.conversion_repairs is None:
+            self.conversion_repairs = conversion_repairs_of(trainer.datamodule)
         if self.max_reject_fraction is None:
             self.max_reject_fraction = getattr(trainer.datamodule, "max_reject_fraction", None)
         self._index = {name: i for i, name in enumerate(self.sources)}
@@ -129,16 +140,11 @@ class DataAccounting(L.Callback):
         return out
 
     def conversion_metrics(self) -> dict[str, float]:
-        """Records skipped when the sources were converted, per source and reason (constant during a run)."""
-        rejects = self.conversion_rejects or {}
-        out: dict[str, float] = {}
-        for name in self.sources or []:
-            reasons = rejects.get(name, {})
-            out[f"{self.stage}/data/{name}/rejected_at_conversion"] = float(sum(reasons.values()))
-            for reason, n in sorted(reasons.items()):
-                out[f"{self.stage}/data/{name}/rejected_at_conversion/{_slug(reason)}"] = float(n)
-        out[f"{self.stage}/data/rejected_at_conversion"] = float(sum(sum(r.values()) for r in rejects.values()))
-        return out
+        """Records skipped, and records repaired and kept, when the sources were converted, per source and reason
+        (constant during a run)."""
+        sources = self.sources or []
+        return {**_per_source(self.stage, "rejected_at_conversion", sources, self.conversion_rejects or {}),
+                **_per_source(self.stage, "repaired_at_conversion", sources, self.conversion_repairs or {})}
 
     def state_dict(self) -> dict[str, Any]:
         if self.totals is None:
@@ -160,6 +166,36 @@ class DataAccounting(L.Callback):
                 self.totals[i] = torch.tensor(saved[name], dtype=torch.float64)
         self.totals[-1] = torch.tensor(state["totals"][-1], dtype=torch.float64)
         self._loaded = None
+
+
+def conversion_repairs_of(datamodule: Any) -> dict[str, dict[str, int]]:
+    """{source: {reason: count}} of the records each source's conversion repaired, from the datamodule's
+    `conversion_repairs_by_reason()` if it has one, else from the `repaired_by_reason` of its readers' indexes
+    (LlavaDataModule: `readers`, set up before the callbacks, beside `source_names`)."""
+    by_reason = getattr(datamodule, "conversion_repairs_by_reason", None)
+    if callable(by_reason):
+        return {str(k): {str(r): int(n) for r, n in v.items()} for k, v in by_reason().items()}
+    names, readers = getattr(datamodule, "source_names", None), getattr(datamodule, "readers", None)
+    if not names or readers is None:
+        return {}
+    out = {}
+    for name, reader in zip(names, readers, strict=True):
+        reasons = getattr(reader, "index", {}).get("repaired_by_reason") or {}  # none: converted before repairs
+        out[str(name)] = {str(r): int(n) for r, n in reasons.items()}
+    return out
+
+
+def _per_source(stage: str, what: str, sources: Sequence[str],
+                counts: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
+    """`<stage>/data/<source>/<what>` and `.../<what>/<reason>` per source, and `<stage>/data/<what>` in all."""
+    out: dict[str, float] = {}
+    for name in sources:
+        reasons = counts.get(name, {})
+        out[f"{stage}/data/{name}/{what}"] = float(sum(reasons.values()))
+        for reason, n in sorted(reasons.items()):
+            out[f"{stage}/data/{name}/{what}/{_slug(reason)}"] = float(n)
+    out[f"{stage}/data/{what}"] = float(sum(sum(r.values()) for r in counts.values()))
+    return out
 
 
 def _slug(reason: str) -> str:

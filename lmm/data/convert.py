@@ -23,7 +23,16 @@ from typing import Any
 
 from lmm.constants import VERIFY_IMAGES
 from lmm.data.images import ImageError
-from lmm.data.records import Record, RecordError, iter_raw_records, parse_record, record_problem, resolve_image_path
+from lmm.data.records import (
+    Record,
+    RecordError,
+    Repair,
+    iter_raw_records,
+    parse_record,
+    record_problem,
+    repair_record,
+    resolve_image_path,
+)
 from lmm.data.rejects import ON_ERROR, RejectLog, SampleError, reason_kind
 from lmm.data.store import FORMAT, FORMAT_VERSION, PartWriter, drop_part_meta, join_parts
 
@@ -86,11 +95,14 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
     Every record is validated (conversation structure, exactly one <image> for image records and none otherwise,
     an image path inside the image root, an image file that exists and opens). `on_error="error"` raises a
     RecordError naming the file, the record and the reason; `"skip"` writes the record with its reason to
-    out_dir/rejects.jsonl and counts it in index.json. A part holds `part_samples` samples in litdata chunks of
-    `chunk_bytes`. An interrupted conversion resumes from its last finished part (`progress.json`) when the input
-    and every setting that shapes the parts (on_error, verify_images, part_samples, chunk_bytes) are the same, and
-    otherwise starts afresh, saying why; a finished one is returned as is. `on_part(k)` is called after part k is
-    written. Returns the index (the content of index.json).
+    out_dir/rejects.jsonl and counts it in index.json. Before validation a record gets LLaVA's repairs
+    (lmm.data.records.repair_record: a first turn not from human is dropped); a kept repaired record is written to
+    out_dir/repairs.jsonl and counted in index.json (`repaired`, `repaired_by_reason`), apart from the rejects.
+    A part holds `part_samples` samples in litdata chunks of `chunk_bytes`. An interrupted conversion resumes from
+    its last finished part (`progress.json`) when the input and every setting that shapes the parts (on_error,
+    verify_images, part_samples, chunk_bytes) are the same, and otherwise starts afresh, saying why; a finished one
+    is returned as is. `on_part(k)` is called after part k is written. Returns the index (the content of
+    index.json).
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -110,7 +122,7 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
         out.mkdir(parents=True, exist_ok=True)
         state = _resume_state(out, {"source": fingerprint, "on_error": on_error, "verify_images": verify_images,
                                     "part_samples": int(part_samples), "chunk_bytes": int(chunk_bytes)})
-        rejects = RejectLog(out / "rejects.jsonl")
+        rejects, repairs = RejectLog(out / "rejects.jsonl"), RejectLog(out / "repairs.jsonl")
         total_bytes = os.path.getsize(records)
         bar = _progress_bar(total_bytes, f"converting {name or records.name}", progress)
         shown = 0
@@ -139,7 +151,7 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
                 if index_in < state["consumed"]:
                     continue
                 try:
-                    rec, image = _load_record(raw, records, index_in, root, verify_images)
+                    rec, image, fixes = _load_record(raw, records, index_in, root, verify_images)
                 except RecordError as e:
                     if on_error == "error":
                         raise
@@ -149,6 +161,11 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
                     kind = getattr(e, "kind", "invalid record")
                     state["reasons"][kind] = state["reasons"].get(kind, 0) + 1
                     continue
+                for fix in fixes:
+                    repairs.write({"file": str(records), "record": index_in, "id": rec.id, "kind": fix.kind,
+                                   "detail": fix.detail, "stage": "convert"})
+                    state["repaired"] += 1
+                    state["repair_reasons"][fix.kind] = state["repair_reasons"].get(fix.kind, 0) + 1
                 if part is None:
                     part = PartWriter(out, len(state["parts"]), chunk_bytes)
                 part.add(rec, image)
@@ -164,6 +181,7 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
         index = {"format": FORMAT, "version": FORMAT_VERSION, "name": name or records.stem,
                  "num_samples": int(len(meta)), "num_images": int(meta["has_image"].sum()),
                  "parts": state["parts"], "rejected": state["rejected"], "rejected_by_reason": state["reasons"],
+                 "repaired": state["repaired"], "repaired_by_reason": state["repair_reasons"],
                  "on_error": on_error, "verify_images": verify_images, "source": fingerprint,
                  "seconds": round(time.perf_counter() - started, 2)}
         tmp = out / ".index.json.tmp"
@@ -171,32 +189,37 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
         os.replace(tmp, out / "index.json")
         (out / "progress.json").unlink(missing_ok=True)
         drop_part_meta(out, state["parts"])
+        if state["repaired"]:
+            _note(f"{out}: {state['repaired']} records were repaired, not rejected ({state['repair_reasons']}); see "
+                  f"{out / 'repairs.jsonl'}")
         return index
 
 
 def _resume_state(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """What an interrupted conversion into `out` finished, if it used these settings; and a folder cleared of
-    everything else (unfinished or unlisted parts, rejects written after the last finished part)."""
-    state = {**settings, "consumed": 0, "parts": [], "rejected": 0, "reasons": {}}
+    everything else (unfinished or unlisted parts, rejects and repairs written after the last finished
+    part)."""
+    state = {**settings, "consumed": 0, "parts": [], "rejected": 0, "reasons": {}, "repaired": 0, "repair_reasons": {}}
     progress_file = out / "progress.json"
     if progress_file.exists():
         previous = json.loads(progress_file.read_text())
         changed = [k for k, v in settings.items() if previous.get(k) != v]
         lost = [p["dir"] for p in previous.get("parts", []) if not (out / p["dir"]).is_dir()]
         if not changed and not lost:
-            state = previous
+            state = {**state, **previous}  # a progress file written before repairs were counted has none
         else:
             what = ", ".join("the input file (path, size or modification time)" if k == "source" else
                              f"{k} {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
             why = f"made with other settings ({what})" if changed else f"its finished parts {lost} are missing"
             _note(f"{out}: an interrupted conversion was found, {why}; its {len(previous.get('parts', []))} "
                   "finished part(s) are discarded and the conversion starts afresh")
-    rejects = out / "rejects.jsonl"
-    if state["consumed"] and rejects.exists():
-        lines = rejects.read_text(encoding="utf-8").splitlines(keepends=True)
-        rejects.write_text("".join(lines[:state["rejected"]]), encoding="utf-8")
-    else:
-        rejects.unlink(missing_ok=True)
+    for log, kept in (("rejects.jsonl", state["rejected"]), ("repairs.jsonl", state["repaired"])):
+        path = out / log
+        if state["consumed"] and path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            path.write_text("".join(lines[:kept]), encoding="utf-8")
+        else:
+            path.unlink(missing_ok=True)
     done = {p["dir"] for p in state["parts"]}
     for stale in [*out.glob("part-*"), *out.glob(".part-*.tmp")]:
         if stale.name not in done:
@@ -217,7 +240,8 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, dynamic_ncols=True, mininterval=1.0)
 
 
-def _load_record(raw: Any, records: Path, index: int, root: Path, verify: str) -> tuple[Record, bytes | None]:
+def _load_record(raw: Any, records: Path, index: int, root: Path,
+                 verify: str) -> tuple[Record, bytes | None, list[Repair]]:
     where = f"{records}: record {index}"
     try:
         rec = parse_record(raw, records, index)
@@ -225,11 +249,13 @@ def _load_record(raw: Any, records: Path, index: int, root: Path, verify: str) -
         raise SampleError(where, raw.get("id") if isinstance(raw, dict) else None, str(e).split(": ", 2)[-1],
                           "invalid record") from e
     where = f"{where} (id {rec.id!r})"
+    rec, fixes = repair_record(rec)
     reason = record_problem(rec, root)
     if reason is not None:
-        raise SampleError(where, rec.id, reason, reason_kind(reason))
+        after = "".join(f" (after LLaVA's repair: {fix.detail})" for fix in fixes)
+        raise SampleError(where, rec.id, reason + after, reason_kind(reason))
     if rec.image is None:
-        return rec, None
+        return rec, None, fixes
     path = resolve_image_path(root, rec.image, follow_symlinks=False)  # record_problem followed the links
     try:
         data = path.read_bytes()
@@ -241,4 +267,4 @@ def _load_record(raw: Any, records: Path, index: int, root: Path, verify: str) -
         check_image(data, verify)
     except ImageError as e:
         raise SampleError(where, rec.id, f"{path}: {e}", "corrupt image") from e
-    return rec, data
+    return rec, data, fixes

@@ -37,6 +37,35 @@ class Record:
     conversations: list[Turn] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Repair:
+    """A change LLaVA's own preprocessing makes to a raw record, so that the record is kept rather than rejected.
+
+    `kind` is the short name it is counted under (like a reject's kind); `detail` says what was changed.
+    """
+
+    kind: str
+    detail: str
+
+
+FIRST_TURN_DROPPED = "dropped first turn not human"
+
+
+def repair_record(rec: Record) -> tuple[Record, list[Repair]]:
+    """The record LLaVA trains on, and the repairs that made it: a first turn not from human is dropped.
+
+    LLaVA's `preprocess` does `if roles[source[0]["from"]] != conv.roles[0]: source = source[1:]` (spec §2.3), once:
+    what is left must pass `record_problem` like any record (so a conversation that still starts with a gpt turn,
+    or is empty, is rejected). The input record is not modified.
+    """
+    convs = rec.conversations
+    if not convs or convs[0].role == HUMAN:
+        return rec, []
+    detail = f"dropped turn 0 (from {convs[0].role!r}): the first turn must be from {HUMAN!r}"
+    repair = Repair(FIRST_TURN_DROPPED, detail)
+    return Record(rec.id, rec.image, list(convs[1:])), [repair]
+
+
 def _where(source: Any, index: int | None, rec_id: str | None = None) -> str:
     """Location prefix used by every error message."""
     where = f"{source}: record {index}" if index is not None else f"{source}"
@@ -167,7 +196,10 @@ def record_problem(rec: Record, image_root: str | os.PathLike | None = None) -> 
 def validate_record(
     rec: Record, source: Any = "<memory>", index: int | None = None, image_root: str | os.PathLike | None = None
 ) -> Record:
-    """Check a record's structure (roles, placeholders, image path) and return it; raise RecordError otherwise."""
+    """Check a record's structure (roles, placeholders, image path) and return it; raise RecordError otherwise.
+
+    This checks the record as it will be trained on: a raw record gets LLaVA's `repair_record` first (as the
+    converter does), or a leading gpt turn is an error here."""
     reason = record_problem(rec, image_root)
     if reason is not None:
         raise RecordError(f"{_where(source, index, rec.id)}: {reason}")
