@@ -1,11 +1,13 @@
 """The DataModule as the pipeline builds it from conf/data: the tiny mixture composes, streams from shards, applies
-format prompts on the fly and serves sample generations, also for a source that exists only as shards."""
+format prompts on the fly and serves sample generations, also for a source that exists only as shards; an epoch the
+global batch does not divide ends in a smaller step."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
+import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -17,6 +19,8 @@ from lmm.data.datamodule import LlavaDataModule
 from lmm.data.formats import SHORT_ANSWER
 from lmm.data.images import ImageTransform
 from lmm.data.templates import VicunaV1Template
+from lmm.train.callbacks import TrainedTally
+from tests.conftest import BatchConsumer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_resolvers()
@@ -43,6 +47,39 @@ def test_tiny_mixture_streams_weighted_single_modality_batches(tiny_world):
     # micro 4 x accumulate 1 x world 1: every micro-batch is a step, single-modality but the last
     mixed = [k for k, b in enumerate(batches) if 0 < int(b["has_image"].sum()) < len(b["ids"])]
     assert mixed in ([], [len(batches) - 1])
+
+
+class _Recorder(BatchConsumer):
+    """Keeps the (source, id) of every sample trained on, by epoch (not the loss-free filler rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[int, list[tuple[str, str]]] = {}
+
+    def training_step(self, batch, batch_idx):
+        real = [(s, i) for s, i in zip(batch["sources"], batch["ids"], strict=True) if s]
+        self.seen.setdefault(self.current_epoch, []).extend(real)
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_remainder_is_trained_in_a_last_smaller_step(tiny_world):
+    """Issue 8: 90 samples, global batch 16 (micro 4 x accumulate 4): 5 whole steps and a last one of 10, each
+    epoch; the cosine schedule is built for those 12 steps, every sample of each epoch is trained on once."""
+    dm = _datamodule(tiny_world, "data.instruct.num_samples=90")
+    module, tally = _Recorder(), TrainedTally("instruct")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, accumulate_grad_batches=4, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[tally])
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == trainer.estimated_stepping_batches == 12 == tally.steps
+    plan = dm.loader.sampler.plan
+    for epoch in (0, 1):
+        planned = Counter((dm.source_names[s], dm.readers[s].record(int(i))[0].id)
+                          for s, i in plan.epoch_samples(epoch))
+        assert Counter(module.seen[epoch]) == planned and sum(planned.values()) == 90
+    summary = tally.summary()
+    assert summary["samples"] == 180 and summary["last_step_samples"] == summary["smallest_step_samples"] == 10
+    assert summary["epoch_plan"]["steps"] == 6 and summary["epoch_plan"]["num_samples"] == 90
 
 
 def test_format_prompt_is_a_switch_on_the_same_files(tiny_world):

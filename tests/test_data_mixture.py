@@ -75,12 +75,14 @@ def test_counts_weights_and_sizes():
 
 
 def test_epochs_walk_each_source_stream_without_gaps():
-    """A subsampled source shows new samples each epoch; the rounding to whole steps is carried, not dropped."""
+    """A subsampled source shows new samples each epoch, and an epoch holds all it asked for: a remainder that does
+    not fill a whole step is trained on in a last, smaller step (issue 8), not dropped."""
     plan = MixturePlan(_infos([50, 30]), counts=[21, 9], seed=3, micro_batch_size=4, world_size=2)
-    assert plan.num_samples == 24 and plan.counts == [17, 7]  # 30 requested, rounded down to whole steps of 8
+    assert plan.num_samples == 30 and plan.counts == [21, 9]  # 3 steps of 8, then one of 6
+    assert plan.describe()["steps"] == 4 and plan.describe()["last_step_samples"] == 6
     seen = [plan.epoch_samples(e) for e in range(3)]
     first = np.concatenate([s[s[:, 0] == 0, 1] for s in seen])
-    assert len(set(first.tolist())) == 50 and len(first) == 51  # 3 x 17: all 50 before any repeats
+    assert len(first) == 63 and sorted(first[:50].tolist()) == list(range(50))  # all 50 before any repeats
     for s in seen:
         assert len(np.unique(s, axis=0)) == len(s)
 
@@ -91,7 +93,7 @@ def _per_source(plan, epochs):
 
 
 @pytest.mark.parametrize(("sizes", "counts", "micro", "world", "accumulate"), [
-    ([1003, 500], [1003, 500], 8, 2, 1),  # the audit's case: rounded to 993/495, epoch 1 straddles pass 0's end
+    ([1003, 500], [1003, 500], 8, 2, 1),  # the audit's case: whole sources, 1503 = 93 steps of 16 + 15
     ([997, 61, 13, 250], [900, 60, 13, 400], 5, 2, 3),  # subsampled, nearly whole, whole, upsampled
 ])
 def test_no_sample_twice_within_an_epoch_when_epochs_straddle_passes(sizes, counts, micro, world, accumulate):
@@ -115,25 +117,30 @@ def test_no_sample_twice_within_an_epoch_when_epochs_straddle_passes(sizes, coun
     fresh = MixturePlan(_infos(sizes), counts, seed=11, micro_batch_size=micro, world_size=world,
                         accumulate=accumulate)
     for e in (7, 2, 8, 0):
-        assert np.array_equal(fresh.epoch_micro_batches(e), plan.epoch_micro_batches(e))
+        assert _same(fresh.epoch_micro_batches(e), plan.epoch_micro_batches(e))
+
+
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    """The same micro-batches (of whatever sizes) in the same order."""
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_order_is_deterministic_and_the_same_on_every_rank():
     a = MixturePlan(_infos([40, 40]), [40, 40], seed=1, micro_batch_size=4, world_size=2, accumulate=2)
     b = MixturePlan(_infos([40, 40]), [40, 40], seed=1, micro_batch_size=4, world_size=2, accumulate=2)
-    assert np.array_equal(a.epoch_micro_batches(0), b.epoch_micro_batches(0))
-    assert not np.array_equal(a.epoch_micro_batches(0), a.epoch_micro_batches(1))
+    assert _same(a.epoch_micro_batches(0), b.epoch_micro_batches(0))
+    assert not _same(a.epoch_micro_batches(0), a.epoch_micro_batches(1))
     ranks = [a.rank_micro_batches(0, r) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 10
-    keys = np.concatenate([r.reshape(-1, 2) for r in ranks])
+    keys = np.concatenate([b for r in ranks for b in r])
     assert len(np.unique(keys, axis=0)) == 80
 
 
 def test_modality_length_grouping_makes_single_modality_steps():
-    infos = _infos([300, 200], image_every=4)  # a quarter of each source is text-only
-    plan = MixturePlan(infos, [300, 200], seed=0, micro_batch_size=4, world_size=2, accumulate=2,
+    infos = _infos([300, 196], image_every=4)  # a quarter of each source is text-only; 496 = 31 whole steps of 16
+    plan = MixturePlan(infos, [300, 196], seed=0, micro_batch_size=4, world_size=2, accumulate=2,
                        group_by_modality_length=True)
-    batches = plan.epoch_micro_batches(0)
+    batches = np.stack(plan.epoch_micro_batches(0))
     step = plan.world * plan.accumulate
     modality = np.array([[infos[s].has_image[i] for s, i in b] for b in batches])
     steps = modality.reshape(-1, step * plan.micro)
@@ -143,7 +150,7 @@ def test_modality_length_grouping_makes_single_modality_steps():
     assert len(np.unique(keys, axis=0)) == plan.num_samples == 496
     # within a step the micro-batches are length-balanced: spread far below that of random micro-batches
     lengths = np.array([[infos[s].lengths[i] for s, i in b] for b in batches]).sum(1).reshape(-1, step)
-    random_plan = MixturePlan(infos, [300, 200], seed=0, micro_batch_size=4, world_size=2, accumulate=2)
+    random_plan = MixturePlan(infos, [300, 196], seed=0, micro_batch_size=4, world_size=2, accumulate=2)
     random_lengths = np.array([[infos[s].lengths[i] for s, i in b] for b in random_plan.epoch_micro_batches(0)])
     spread = np.mean(lengths.max(1) - lengths.min(1))
     random_steps = random_lengths.sum(1).reshape(-1, step)
@@ -157,5 +164,5 @@ def test_mixture_config_mistakes_fail_clearly(kit, three_sources, tmp_path):
         _module(kit, sources, tmp_path, weights={"alpha": 1.0, "delta": 1.0})
     with pytest.raises(ValueError, match="unknown key"):
         _module(kit, [dict(sources[0], wieght=1)], tmp_path, weights=None)
-    with pytest.raises(ValueError, match="less than one optimizer step"):
-        MixturePlan(_infos([3]), [3], seed=0, micro_batch_size=4)
+    with pytest.raises(ValueError, match="an epoch of no samples"):
+        MixturePlan(_infos([3]), [0], seed=0, micro_batch_size=4)

@@ -257,6 +257,11 @@ class LlavaDataModule(L.LightningDataModule):
         return MixturePlan(infos, counts, self.seed, self.micro_batch_size, world, accumulate,
                            self.group_by_modality_length, self.shuffle)
 
+    def schedule(self) -> dict[str, Any]:
+        """The epoch plan the loader follows: samples, optimizer steps (the last one smaller when the global batch
+        does not divide the epoch), its samples, micro-batches per rank, per-source counts (`MixturePlan.describe`)."""
+        return (self.loader.sampler.plan if self.loader is not None else self.plan()).describe()
+
     def dataset(self) -> MixtureDataset:
         self.setup()
         rejects = RejectLog((self.output_dir or self.cache_dir / "rejects") / "rejects.jsonl") \
@@ -277,10 +282,13 @@ class LlavaDataModule(L.LightningDataModule):
         _, rank, _ = self._distributed()
         plan = self.plan()
         d = plan.describe()
-        _log(f"data: {d['num_samples']:,} samples per epoch ({d['requested'] - d['num_samples']} carried to the next "
-             f"by the source streams) = {d['steps']} steps of {d['step_samples']}; per source {d['counts']}; "
-             f"{'modality-length grouped' if self.group_by_modality_length else 'random'} micro-batches"
-             f"{', packed' if self.pack else ''}; bad samples: {self.on_error}")
+        last = "" if d["last_step_samples"] == d["step_samples"] else \
+            f" (the last one of {d['last_step_samples']}, so every sample is trained on)"
+        filler = f"; {d['filler_micro_batches']} micro-batch(es) of the last step hold no sample (fewer samples " \
+            "than micro-batches): a row without loss keeps those ranks in step" if d["filler_micro_batches"] else ""
+        _log(f"data: {d['num_samples']:,} samples per epoch = {d['steps']} steps of {d['step_samples']}{last}; "
+             f"per source {d['counts']}; {'modality-length grouped' if self.group_by_modality_length else 'random'} "
+             f"micro-batches{', packed' if self.pack else ''}; bad samples: {self.on_error}{filler}")
         if self.num_workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.loader = MixtureLoader(self.dataset(), MixtureSampler(plan, rank), self.collator(),

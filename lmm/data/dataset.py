@@ -148,7 +148,9 @@ class Collator:
     """Drops and counts rejected samples, then pads (or packs) the rest; reports the padding of the micro-batch.
 
     Padding is counted in model positions: an image placeholder stands for `visual_tokens` positions. A micro-batch
-    whose samples were all rejected becomes one 1-token row without loss, so every rank still takes its step.
+    whose samples were all rejected, or that got none (a rank's share of an epoch's last step with fewer samples than
+    micro-batches, see lmm.data.mixture), becomes one 1-token row without loss (source ""), so every rank still takes
+    its step.
     """
 
     def __init__(self, pad_token_id: int, image_size: int, visual_tokens: int = 1, pack_length: int | None = None):

@@ -17,12 +17,20 @@ The whole order is a pure function of (seed, epoch, sources, batching), computed
    within an epoch by necessity and uses the plain shuffles.
 2. The counts are interleaved by a seeded permutation of the multiset of source labels: exact proportions per
    epoch, random locally.
-3. The epoch is cut into optimizer steps of micro x world x accumulate samples (the total is rounded down to whole
-   steps; the source streams carry the rest into the next epoch, so nothing is skipped). With
-   `group_by_modality_length` each step is single-modality and its micro-batches are length-balanced (LLaVA's
-   sampler, spec §5.4); the leftovers of both modalities form one final mixed step.
+3. The epoch is cut into optimizer steps of G = micro x world x accumulate samples; every sample of the epoch is
+   trained on. When G does not divide the epoch, its last step is smaller, as LLaVA's (HF Trainer keeps the last,
+   partial batch): the r = N mod G samples left are dealt into world x m micro-batches, m = ceil(r / (micro x world))
+   per rank (<= accumulate), of sizes differing by at most one. Every rank thus runs the same number of micro-batches
+   in every step (collectives stay matched) and the epoch takes ceil(N / G) steps; Lightning steps on the epoch's
+   last micro-batch although its accumulation is incomplete, and `estimated_stepping_batches` = ceil(micro-batches
+   per rank / accumulate) agrees. Only when r < world x m (fewer samples than ranks, or micro = 1 and r not a
+   multiple of world) does a micro-batch get no sample: it stays empty, never a duplicate, and the Collator turns it
+   into one 1-token row without loss, so that rank takes part in the step with no supervised token
+   (`describe()["filler_micro_batches"]`). With `group_by_modality_length` each step is single-modality and its
+   micro-batches are length-balanced (LLaVA's sampler, spec §5.4); the leftovers of both modalities (< 2 steps) form
+   a whole mixed step if they fill one, then the smaller step, last.
 4. Micro-batch j of a step goes to rank j % world: ranks never share a sample and all take the same number of
-   steps. Lightning's DistributedSampler is not involved (the loader is not a torch DataLoader).
+   micro-batches and steps. Lightning's DistributedSampler is not involved (the loader is not a torch DataLoader).
 
 The loader (`MixtureLoader`) iterates the micro-batches of its rank from its position, through a torch DataLoader
 whose workers only load what the main process asks for, in order, so the position (micro-batches handed to the
@@ -107,16 +115,35 @@ class MixturePlan:
         self.micro, self.world, self.accumulate = int(micro_batch_size), int(world_size), int(accumulate)
         self.group = bool(group_by_modality_length)
         self.step_samples = self.micro * self.world * self.accumulate
-        self.requested = [int(c) for c in counts]
-        total = sum(self.requested)
-        if total < self.step_samples:
-            raise ValueError(f"an epoch of {total} samples is less than one optimizer step "
-                             f"({self.micro} x {self.world} ranks x {self.accumulate} accumulation)")
-        self.counts = apportion(total // self.step_samples * self.step_samples, self.requested)
+        self.counts = [int(c) for c in counts]
         self.num_samples = sum(self.counts)
-        self.micro_batches_per_rank = self.num_samples // (self.micro * self.world)
-        self._cache: tuple[int, np.ndarray] | None = None
+        if self.num_samples <= 0:
+            raise ValueError("an epoch of no samples: give the mixture's sources positive counts or weights")
+        self.full_steps, self.tail = divmod(self.num_samples, self.step_samples)  # tail: the smaller last step
+        self.steps_per_epoch = self.full_steps + (self.tail > 0)
+        self.tail_micro_per_rank = -(-self.tail // (self.micro * self.world))  # ceil; 0 without a tail
+        self.micro_batches_per_rank = self.full_steps * self.accumulate + self.tail_micro_per_rank
+        self._cache: tuple[int, list[np.ndarray]] | None = None
         self._passes: dict[int, tuple[int, np.ndarray]] = {}  # per source: the last pass computed and its order
+
+    def tail_sizes(self) -> list[int]:
+        """Sample counts of the last, smaller step's micro-batches in global order (micro-batch j on rank
+        j % world): as even as possible, so ranks differ by at most one sample per micro-batch."""
+        n = self.world * self.tail_micro_per_rank
+        if n == 0:
+            return []
+        base, extra = divmod(self.tail, n)
+        return [base + (j < extra) for j in range(n)]
+
+    @property
+    def last_step_samples(self) -> int:
+        return self.tail or self.step_samples
+
+    @property
+    def filler_micro_batches(self) -> int:
+        """Micro-batches per epoch (over all ranks) left without a sample: fewer samples in the last step than its
+        micro-batches (see the module docstring)."""
+        return sum(size == 0 for size in self.tail_sizes())
 
     def fingerprint(self) -> str:
         """A hash of everything the order depends on: a checkpoint's position only means something for the same."""
@@ -126,8 +153,9 @@ class MixturePlan:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
-        return {"num_samples": self.num_samples, "requested": sum(self.requested), "step_samples": self.step_samples,
-                "steps": self.num_samples // self.step_samples, "micro_batches_per_rank": self.micro_batches_per_rank,
+        return {"num_samples": self.num_samples, "step_samples": self.step_samples, "steps": self.steps_per_epoch,
+                "last_step_samples": self.last_step_samples, "micro_batches_per_rank": self.micro_batches_per_rank,
+                "filler_micro_batches": self.filler_micro_batches,
                 "counts": {s.name: c for s, c in zip(self.sources, self.counts, strict=True)},
                 "group_by_modality_length": self.group, "order_rule": ORDER_VERSION}
 
@@ -188,25 +216,26 @@ class MixturePlan:
             keys[labels == s, 1] = self.stream(s, epoch * c, c)
         return keys
 
-    def epoch_micro_batches(self, epoch: int) -> np.ndarray:
-        """All ranks' micro-batches of the epoch, [num_micro, micro, 2], in global order (cached for one epoch)."""
+    def epoch_micro_batches(self, epoch: int) -> list[np.ndarray]:
+        """All ranks' micro-batches of the epoch in global order, each an [n, 2] array of (source, index): n is
+        `micro`, except in the smaller last step (see `tail_sizes`). Cached for one epoch."""
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
         keys = self.epoch_samples(epoch)
-        if self.group:
-            batches = self._grouped(keys, epoch)
-        else:
-            batches = keys.reshape(-1, self.micro, 2)
+        order = self._grouped(keys, epoch) if self.group else np.arange(len(keys))
+        sizes = [self.micro] * (self.full_steps * self.accumulate * self.world) + self.tail_sizes()
+        batches = np.split(keys[order], np.cumsum(sizes)[:-1])
         self._cache = (epoch, batches)
         return batches
 
-    def rank_micro_batches(self, epoch: int, rank: int) -> np.ndarray:
+    def rank_micro_batches(self, epoch: int, rank: int) -> list[np.ndarray]:
         """The micro-batches of one rank, in the order it trains on them."""
         if not 0 <= rank < self.world:
             raise ValueError(f"rank {rank} outside a world of {self.world}")
         return self.epoch_micro_batches(epoch)[rank::self.world]
 
     def _grouped(self, keys: np.ndarray, epoch: int) -> np.ndarray:
+        """The epoch's order (indices into `keys`) in single-modality, length-balanced steps."""
         has_image = np.zeros(len(keys), dtype=bool)
         lengths = np.zeros(len(keys), dtype=np.int64)
         for s, src in enumerate(self.sources):
@@ -222,22 +251,28 @@ class MixturePlan:
         order = list(_rng(self.seed, 0x47525550, epoch).permutation(len(steps))) if self.shuffle else \
             list(range(len(steps)))
         steps = [steps[k] for k in order]
-        mixed = np.concatenate(leftovers)
-        if len(mixed):  # < 2 steps and a multiple of a step: exactly one mixed step, last (as LLaVA does)
-            steps.append(np.sort(mixed))
-        chunks = [self._balance(step, lengths) for step in steps]
-        return keys[np.concatenate(chunks)].reshape(-1, self.micro, 2)
+        # the leftovers of both modalities (< 2 steps), last as in LLaVA: a whole mixed step if they fill one, then
+        # the epoch's smaller step
+        mixed = np.sort(np.concatenate(leftovers))
+        if len(mixed) >= self.step_samples:
+            steps.append(mixed[:self.step_samples])
+            mixed = mixed[self.step_samples:]
+        whole = [self.micro] * (self.world * self.accumulate)
+        chunks = [self._balance(step, lengths, whole) for step in steps]
+        if len(mixed):
+            chunks.append(self._balance(mixed, lengths, self.tail_sizes()))
+        return np.concatenate(chunks)
 
-    def _balance(self, step: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Deal one step's samples, longest first, into micro-batches of equal count and similar total length."""
-        n_chunks = len(step) // self.micro
+    @staticmethod
+    def _balance(step: np.ndarray, lengths: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
+        """Deal one step's samples, longest first, into micro-batches of the given counts and similar total length."""
         by_length = step[np.argsort(-lengths[step], kind="stable")]
-        heap = [(0, c) for c in range(n_chunks)]
-        members: list[list[int]] = [[] for _ in range(n_chunks)]
+        heap = [(0, c) for c, size in enumerate(sizes) if size > 0]
+        members: list[list[int]] = [[] for _ in sizes]
         for i in by_length:
             total, c = heapq.heappop(heap)
             members[c].append(int(i))
-            if len(members[c]) < self.micro:
+            if len(members[c]) < sizes[c]:
                 heapq.heappush(heap, (total + int(lengths[i]), c))
         return np.array([i for m in members for i in m], dtype=np.int64)
 
@@ -335,7 +370,7 @@ class MixtureLoader:
         if state.get("fingerprint") != self.sampler.plan.fingerprint():
             raise ValueError(
                 "the checkpoint's data position belongs to a different mixture or batching (sources, counts, seed, "
-                f"micro-batch, world size or accumulation changed): saved {state.get('plan')}, now "
+                f"micro-batch, world size, accumulation or lmm's order rule changed): saved {state.get('plan')}, now "
                 f"{self.sampler.plan.describe()}. Exact resume needs the same; start the stage afresh or restore "
                 "the configuration.")
         self.sampler.set_epoch(int(state["epoch"]))

@@ -1,4 +1,5 @@
-"""Callbacks: sample generations written to the run folder and to W&B, and a loss record for the stage summary."""
+"""Callbacks: sample generations written to the run folder and to W&B, a loss record and the steps and samples
+trained for the stage summary, throughput."""
 
 from __future__ import annotations
 
@@ -99,6 +100,89 @@ class LossRecord(L.Callback):
             self.losses.append((trainer.global_step, float(value)))
 
 
+def real_samples(batch: dict[str, Any]) -> int:
+    """Samples a micro-batch trains on: not the loss-free filler row of a micro-batch left without samples (an
+    all-rejected one, or a rank's share of a last step with fewer samples than micro-batches), whose source is ""."""
+    sources = batch.get("sources")
+    if sources is None:  # a batch not from lmm's Collator: every row is a sample
+        return int(batch["input_ids"].shape[0])
+    return sum(1 for source in sources if source)
+
+
+class TrainedTally(L.Callback):
+    """Optimizer steps and samples a stage trained on, summed over all ranks at every optimizer step.
+
+    A step is counted when `trainer.global_step` moves, so the smaller last step of an epoch (Lightning steps on an
+    epoch's last micro-batch with its accumulation incomplete) counts like any other. The totals are part of the
+    checkpoint: a resumed stage keeps counting where it stopped (from a checkpoint written without them, counting
+    starts at its step: `counted_from_step`). `summary()` is what the stage's results record.
+    """
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.steps = self.samples = self.rejected = 0
+        self.last_step_samples, self.counted_from_step = 0, 0
+        self.smallest_step_samples: int | None = None
+        self.scheduled_steps: int | None = None
+        self.epoch_plan: dict[str, Any] | None = None
+        self._pending = torch.zeros(2, dtype=torch.float64)  # this rank's (samples, rejected) of the current step
+        self._seen_step: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return f"TrainedTally[{self.stage}]"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._seen_step = trainer.global_step
+        if self.steps == 0:  # a fresh stage, or one resumed from a checkpoint without this tally
+            self.counted_from_step = trainer.global_step
+        self._pending.zero_()
+        self.scheduled_steps = int(trainer.estimated_stepping_batches)
+        schedule = getattr(trainer.datamodule, "schedule", None)
+        self.epoch_plan = schedule() if callable(schedule) else None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._pending[0] += real_samples(batch)
+        self._pending[1] += len(batch.get("rejected", []))
+        if self._seen_step is None:
+            self._seen_step = trainer.global_step
+        if trainer.global_step == self._seen_step:  # still accumulating (the same on every rank)
+            return
+        pending = self._pending.to(pl_module.device)
+        if trainer.world_size > 1:
+            pending = trainer.strategy.reduce(pending, reduce_op="sum")
+        samples, rejected = (int(x) for x in pending.cpu().tolist())
+        self.steps += trainer.global_step - self._seen_step
+        self.samples += samples
+        self.rejected += rejected
+        self.last_step_samples = samples + rejected
+        if self.smallest_step_samples is None or samples + rejected < self.smallest_step_samples:
+            self.smallest_step_samples = samples + rejected
+        self._seen_step = trainer.global_step
+        self._pending.zero_()
+
+    def summary(self) -> dict[str, Any]:
+        """Steps and samples trained (rejected: loaded but unusable under on_error=skip, so not trained on), the
+        samples of the last and of the smallest step (trained + rejected), the steps the learning-rate schedule was
+        built for (`estimated_stepping_batches`), and the epoch plan they should match."""
+        return {"optimizer_steps": self.steps, "samples": self.samples, "rejected": self.rejected,
+                "last_step_samples": self.last_step_samples, "smallest_step_samples": self.smallest_step_samples,
+                "scheduled_steps": self.scheduled_steps, "counted_from_step": self.counted_from_step,
+                "epoch_plan": self.epoch_plan}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "samples": self.samples, "rejected": self.rejected,
+                "last_step_samples": self.last_step_samples, "smallest_step_samples": self.smallest_step_samples,
+                "counted_from_step": self.counted_from_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps, self.samples = int(state_dict["steps"]), int(state_dict["samples"])
+        self.rejected, self.last_step_samples = int(state_dict["rejected"]), int(state_dict["last_step_samples"])
+        self.smallest_step_samples = state_dict["smallest_step_samples"]
+        self.counted_from_step = int(state_dict.get("counted_from_step", 0))
+
+
 class Throughput(L.Callback):
     """Samples/s and tokens/s (text + visual tokens the LLM processes) over all ranks, logged per stage.
 
@@ -119,7 +203,7 @@ class Throughput(L.Callback):
             self._t0 = time.perf_counter()
             return
         n_images = int(batch["has_image"].sum())
-        self._samples += batch["input_ids"].shape[0]
+        self._samples += real_samples(batch)
         self._tokens += int(batch["attention_mask"].sum()) + n_images * (self.visual - 1)
         if (batch_idx + 1) % (self.every * trainer.accumulate_grad_batches):
             return
