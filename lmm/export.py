@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import save_torch_state_dict
 from tokenizers import AddedToken
 from torch import nn
 from transformers import (
@@ -33,6 +34,7 @@ from transformers import (
 
 from lmm.constants import IMAGE_PLACEHOLDER
 from lmm.data.images import CLIP_MEAN, CLIP_STD, ImageTransform
+from lmm.data.templates import VicunaV1Template
 from lmm.model.connector import Connector, LinearConnector, MLPConnector
 from lmm.model.encoder import VisionEncoder
 from lmm.model.io import image_processor_config
@@ -43,29 +45,23 @@ _NEW_LAYOUT = ("model.vision_tower.", "model.multi_modal_projector.", "model.lan
 _LEGACY_LAYOUT = ("vision_tower.", "multi_modal_projector.", "language_model.model.", "language_model.lm_head.")
 
 _STRATEGY_TO_FEATURE = {"default": "patch", "full": "cls_patch"}
+_NESTED_TOWERS = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")  # 4.x nests them in vision_model.
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# HF → lmm
-# --------------------------------------------------------------------------------------------------------------------
+# ---- HF → lmm ------------------------------------------------------------------------------------------------------
 
 
 def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of an HF checkpoint folder (single file or shards, safetensors or legacy .bin)."""
     from safetensors.torch import load_file
 
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        state: dict[str, torch.Tensor] = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        return state
-    files = sorted(folder.glob("pytorch_model*.bin"))
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
         raise FileNotFoundError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     for f in files:
-        state.update(torch.load(f, map_location="cpu", weights_only=True))
+        state.update(load_file(str(f)) if f.suffix == ".safetensors" else
+                     torch.load(f, map_location="cpu", weights_only=True))
     return state
 
 
@@ -88,10 +84,8 @@ def split_llava_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
 
 
 def _build(factory: Any, config: PretrainedConfig, dtype: torch.dtype, attn_implementation: str | None) -> nn.Module:
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    return factory.from_config(config, **kwargs)
+    attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    return factory.from_config(config, dtype=dtype, **attn)
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -165,6 +159,8 @@ def from_hf_llava(path_or_model: str | Path | LlavaForConditionalGeneration, max
     text_attn = attn_implementation or getattr(config.text_config, "_attn_implementation", None)
 
     tower = _build(AutoModel, config.vision_config, dtype, vision_attn)
+    if not hasattr(tower, "vision_model"):  # a transformers-4 name (`vision_model.embeddings...`) on a flat tower
+        vision_state = {k.removeprefix("vision_model."): v for k, v in vision_state.items()}
     _load_strict(tower, vision_state, "vision tower")
     encoder = VisionEncoder(tower, select_layer=layer, select_feature=_STRATEGY_TO_FEATURE[strategy])
     if strategy == "default" and not encoder.has_cls_token:
@@ -194,16 +190,13 @@ def from_hf_llava(path_or_model: str | Path | LlavaForConditionalGeneration, max
     return model, tokenizer
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# lmm → HF
-# --------------------------------------------------------------------------------------------------------------------
+# ---- lmm → HF ------------------------------------------------------------------------------------------------------
 
 
 def _projector_state(connector: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
     """(projector_hidden_act, linear_1/linear_2 weights) for a connector that HF's projector can express."""
     if isinstance(connector, MLPConnector):
-        layers = list(connector.proj)
-        linears = [m for m in layers if isinstance(m, nn.Linear)]
+        linears = [m for m in connector.proj if isinstance(m, nn.Linear)]
         if len(linears) == 2:
             return "gelu", {"linear_1.weight": linears[0].weight, "linear_1.bias": linears[0].bias,
                             "linear_2.weight": linears[1].weight, "linear_2.bias": linears[1].bias}
@@ -220,6 +213,33 @@ def _projector_state(connector: nn.Module) -> tuple[str, dict[str, torch.Tensor]
     eye = torch.eye(linear.out_features, dtype=linear.weight.dtype)
     return "linear", {"linear_1.weight": linear.weight, "linear_1.bias": linear.bias,
                       "linear_2.weight": eye, "linear_2.bias": torch.zeros(linear.out_features, dtype=eye.dtype)}
+
+
+def vicuna_v1_chat_template(eos_token: str, template: VicunaV1Template | None = None) -> str:
+    """Jinja for lmm's vicuna_v1 prompt "{system} USER: <image>\\n{q} ASSISTANT: {a}</s>USER: ..." (no BOS: the
+    tokenizer adds it). As in lmm's data, the turn with the image is `<image>\\n` + its stripped text."""
+    t = template or VicunaV1Template()
+    consts = {"SYSTEM": t.system, "SEP": t.sep, "SEP2": eos_token if t.sep2 is None else t.sep2,
+              "IMG": IMAGE_PLACEHOLDER, "USER": t.roles[0] + ": ", "ASSISTANT": t.roles[1] + ":"}
+    return "".join(f"{{%- set {k} = {json.dumps(v)} -%}}" for k, v in consts.items()) + (  # JSON strings are Jinja's
+        "{%- macro text(c) -%}{{- c if c is string else c | selectattr('type', 'equalto', 'text') | map(attribute="
+        "'text') | join(' ') -}}{%- endmacro -%}{%- set ns = namespace(system=SYSTEM, turns=messages) -%}"
+        "{%- if messages and messages[0]['role'] == 'system' -%}{%- set ns.system = text(messages[0]['content']) -%}"
+        "{%- set ns.turns = messages[1:] -%}{%- endif -%}{{- ns.system + SEP -}}{%- for m in ns.turns -%}"
+        "{%- if m['role'] != ['user', 'assistant'][loop.index0 % 2] -%}"
+        "{{- raise_exception('vicuna_v1: roles must alternate user/assistant, user first') -}}{%- endif -%}"
+        "{%- set t = text(m['content']) -%}{%- set n = 0 if m['content'] is string else m['content'] | "
+        "selectattr('type', 'equalto', 'image') | list | length -%}{%- if n > 0 or IMG in t -%}"
+        "{%- set t = (IMG + '\\n') * ([n, 1] | max) + (t | replace(IMG, '') | trim) -%}{%- endif -%}"
+        "{{- USER + t + SEP if m['role'] == 'user' else ASSISTANT + ' ' + t + SEP2 -}}{%- endfor -%}"
+        "{{- ASSISTANT if add_generation_prompt else '' -}}")
+
+
+def _legacy_state(state: dict[str, torch.Tensor], tower: nn.Module) -> dict[str, torch.Tensor]:
+    """New-layout keys → the transformers-4 names (spec §7.2, §7.3), which transformers 5 renames on load too."""
+    nest = "vision_model." if tower.config.model_type in _NESTED_TOWERS and not hasattr(tower, "vision_model") else ""
+    renames = [*zip(_NEW_LAYOUT[1:], _LEGACY_LAYOUT[1:], strict=True), (_NEW_LAYOUT[0], _LEGACY_LAYOUT[0] + nest)]
+    return {next(old + k[len(new):] for new, old in renames if k.startswith(new)): v for k, v in state.items()}
 
 
 def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
@@ -258,8 +278,9 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
     `<image>` becomes a special token of a copy of the tokenizer (which pads on the left, for batched generation);
     the LLM's embedding and lm_head grow to cover it (new rows = mean row). `image_processor_source` (a folder/hub
     id, an image-processor instance or an lmm ImageTransform) gives resize/normalisation settings; `pad_to_square`
-    turns on LLaVA-1.5's mean-colour padding (None: an ImageTransform source's own pad/crop, else pad). The lmm
-    model and tokenizer themselves are not modified.
+    turns on LLaVA-1.5's mean-colour padding (None: an ImageTransform source's own pad/crop, else pad). The weights
+    carry the transformers-4 key names, which 4.x and 5 both load; `chat_template` (default: lmm's vicuna_v1 prompt,
+    see vicuna_v1_chat_template) goes to the processor and tokenizer. The lmm model and tokenizer are not modified.
     """
     if pad_to_square is None:
         pad_to_square = getattr(image_processor_source, "aspect", "pad") == "pad"
@@ -275,6 +296,7 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     tok.padding_side = "left"  # the export is for inference: batched HF generation wants left padding
+    chat_template = tok.chat_template = chat_template or vicuna_v1_chat_template(tok.eos_token)
 
     old_vocab = llm.get_input_embeddings().weight.shape[0]
     vocab = max(old_vocab, len(tok), image_token_id + 1)
@@ -313,12 +335,19 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
     missing = [k for k in missing if not (tied and k == "lm_head.weight")]
     if missing or unexpected:
         raise RuntimeError(f"export: missing {missing}, unexpected {unexpected}")
-    if tied:
-        hf.tie_weights()
     hf.generation_config.bos_token_id = tok.bos_token_id
     hf.generation_config.eos_token_id = llm.generation_config.eos_token_id
     hf.generation_config.pad_token_id = tok.pad_token_id
-    hf.save_pretrained(str(out))
+    rope = getattr(config.text_config, "rope_parameters", None) or {}
+    if "rope_theta" in rope:  # transformers 4 reads rope_theta, not rope_parameters (else: 10000, silently)
+        config.text_config.rope_theta = rope["rope_theta"]
+    if rope.get("rope_type", "default") != "default":
+        warnings.warn(f"rope_type {rope['rope_type']!r}: transformers 4 will not read rope_parameters", stacklevel=2)
+    config.architectures = [type(hf).__name__]
+    config.save_pretrained(str(out))
+    hf.generation_config.save_pretrained(str(out))
+    # The transformers-4 key names, which transformers 5 also loads (hf.save_pretrained would write 5's names).
+    save_torch_state_dict(_legacy_state(state, encoder.tower), str(out), metadata={"format": "pt"})
 
     processor = LlavaProcessor(image_processor=_image_processor(image_processor_source, encoder.image_size,
                                                                 pad_to_square),
@@ -326,10 +355,16 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
                                vision_feature_select_strategy=config.vision_feature_select_strategy,
                                chat_template=chat_template, image_token=IMAGE_PLACEHOLDER,
                                num_additional_image_tokens=int(encoder.has_cls_token))
-    processor.save_pretrained(str(out))
+    processor.save_pretrained(str(out))  # writes chat_template.jinja too
     # transformers 5 keeps the image processor inside processor_config.json; a separate preprocessor_config.json
     # also serves AutoImageProcessor, older transformers and lmm's own ImageTransform.from_pretrained.
     processor.image_processor.save_pretrained(str(out))
+    # transformers 4.4x reads the template from chat_template.json (processor) and tokenizer_config.json (tokenizer).
+    (out / "chat_template.json").write_text(json.dumps({"chat_template": chat_template}, indent=2) + "\n")
+    tok_config = json.loads((out / "tokenizer_config.json").read_text()) | {"chat_template": chat_template}
+    if isinstance(tok_config.get("extra_special_tokens"), list):  # 4.5x wants a dict there (5 reads the old name)
+        tok_config["additional_special_tokens"] = tok_config.pop("extra_special_tokens")
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")
     return out
 
 

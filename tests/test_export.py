@@ -6,16 +6,20 @@ Also covers lmm's own save/load round trip and the `python -m lmm.export` entry 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
+from jinja2 import TemplateError
 from omegaconf import OmegaConf
 from PIL import Image
+from safetensors import safe_open
 from transformers import (
     AutoProcessor,
+    AutoTokenizer,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -28,12 +32,14 @@ from transformers import (
 
 from lmm.constants import IMAGE_TOKEN_INDEX
 from lmm.data.images import ImageTransform
+from lmm.data.templates import VicunaV1Template, tokenize_prompt
 from lmm.export import _main as export_cli
 from lmm.export import export_hf_llava, from_hf_llava
 from lmm.model.connector import LinearConnector, MLPConnector, QFormerLite
 from lmm.model.encoder import VisionEncoder
 from lmm.model.io import load_lmm_model, save_lmm_model
 from lmm.model.llava import LlavaModel
+from lmm.model.llm import load_tokenizer
 from lmm.world.tiny import build_tokenizer
 
 TEXTS = ["a red ball is on the left of a blue cube.", "what colour is the ball?", "the cube is blue.",
@@ -92,9 +98,30 @@ def _collapse(ids: torch.Tensor, image_id: int) -> torch.Tensor:
     return torch.tensor([out])
 
 
+def _check_legacy_keys(model: LlavaModel, out: Path) -> None:
+    """The weights carry the transformers-4 names (spec §7.2, §7.3): `vision_tower.vision_model.*`, not 5's flat
+    `vision_tower.embeddings.*` (which 4.x skips, leaving a random tower) nor 5's `model.*` layout. The config also
+    spells rope_theta the way 4.x reads it (4.x ignores rope_parameters)."""
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    head = set() if model.llm.config.tie_word_embeddings else {"language_model.lm_head.weight"}
+    expected = ({f"vision_tower.vision_model.{k}" for k in model.encoder.tower.state_dict()}
+                | {f"multi_modal_projector.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
+                | {f"language_model.model.{k}" for k in model.llm.model.state_dict()} | head)
+    assert keys == expected
+    assert "vision_tower.vision_model.embeddings.patch_embedding.weight" in keys
+    assert not any(k.startswith(("model.", "lm_head.", "vision_tower.embeddings.")) for k in keys)
+    text_config = json.loads((out / "config.json").read_text())["text_config"]
+    assert text_config["rope_theta"] == model.llm.config.rope_parameters["rope_theta"]
+
+
 def _check_roundtrip(model: LlavaModel, out: Path, tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGeneration:
     """Reload `out` like a user would and compare logits and greedy generations with the lmm model."""
-    hf = LlavaForConditionalGeneration.from_pretrained(out, attn_implementation="eager").eval()
+    _check_legacy_keys(model, out)
+    hf, info = LlavaForConditionalGeneration.from_pretrained(out, attn_implementation="eager",
+                                                             output_loading_info=True)
+    hf.eval()
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     processor = AutoProcessor.from_pretrained(out)
     assert isinstance(processor, LlavaProcessor)
     image_id = hf.config.image_token_index
@@ -155,6 +182,84 @@ def test_export_linear_connector(tmp_path: Path, tokenizer: PreTrainedTokenizerF
     back, _ = from_hf_llava(out)
     assert isinstance(back.connector, LinearConnector)
     assert torch.equal(back.connector.proj.weight, model.connector.proj.weight)
+
+
+QUESTION, ANSWER, QUESTION2, ANSWER2 = ("what colour is the ball?", "the ball is red.", "how many objects are there?",
+                                        "two objects.")
+# HF's message format; the image sits after the text, as in half of LLaVA's data (the template moves it in front).
+CONVERSATION = [{"role": "user", "content": [{"type": "text", "text": QUESTION}, {"type": "image"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]},
+                {"role": "user", "content": [{"type": "text", "text": QUESTION2}]},
+                {"role": "assistant", "content": [{"type": "text", "text": ANSWER2}]}]
+# The same conversation as an lmm training record.
+TURNS = [{"from": "human", "value": f"{QUESTION}\n<image>"}, {"from": "gpt", "value": ANSWER},
+         {"from": "human", "value": QUESTION2}, {"from": "gpt", "value": ANSWER2}]
+# Spelled out (spec §3.2), so the check does not rest on lmm's template code alone.
+VICUNA_V1_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                    "helpful, detailed, and polite answers to the user's questions. USER: <image>\nwhat colour is "
+                    "the ball? ASSISTANT:")
+
+
+def test_export_chat_template_is_vicuna_v1(tmp_path: Path, tokenizer: PreTrainedTokenizerFast,
+                                           offline: None) -> None:
+    """processor.apply_chat_template renders exactly the vicuna_v1 text lmm trains and prompts with."""
+    out = export_hf_llava(tiny_lmm(tokenizer), tokenizer, tmp_path / "hf")
+    processor = AutoProcessor.from_pretrained(out)
+    template = VicunaV1Template()
+    single = processor.apply_chat_template(CONVERSATION[:1], add_generation_prompt=True)
+    assert single == VICUNA_V1_PROMPT
+    assert tokenize_prompt(single, tokenizer) == template.prompt_ids(QUESTION, tokenizer)
+    # Multi-turn: the prompt after an assistant answer, continued by the answer as lmm formats it, is exactly the
+    # sequence lmm trains on; without the generation prompt the whole conversation renders the same.
+    second = processor.apply_chat_template(CONVERSATION[:3], add_generation_prompt=True)
+    assert second.startswith(VICUNA_V1_PROMPT + f" {ANSWER}</s>USER: {QUESTION2} ASSISTANT:")
+    trained = template.encode(TURNS, tokenizer).input_ids
+    assert tokenize_prompt(second + f" {ANSWER2}</s>", tokenizer) == trained
+    assert processor.apply_chat_template(CONVERSATION) == second + f" {ANSWER2}</s>"
+    # Plain-string content with an inline <image>, a system message, and the tokenizer's own copy of the template.
+    assert processor.apply_chat_template([{"role": "user", "content": f" <image> {QUESTION} "}],
+                                         add_generation_prompt=True) == VICUNA_V1_PROMPT
+    system = processor.apply_chat_template([{"role": "system", "content": "Be brief."}, CONVERSATION[0]],
+                                           add_generation_prompt=True)
+    assert system == "Be brief. USER: " + VICUNA_V1_PROMPT.split(" USER: ", 1)[1]
+    hf_tokenizer = AutoTokenizer.from_pretrained(out)
+    assert hf_tokenizer.apply_chat_template(CONVERSATION[:1], add_generation_prompt=True, tokenize=False) == single
+    # Where transformers 4.4x looks for it: chat_template.json (processor), tokenizer_config.json (tokenizer).
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        assert json.loads((out / name).read_text())["chat_template"] == processor.chat_template, name
+    with pytest.raises(TemplateError, match="alternate"):
+        processor.apply_chat_template([CONVERSATION[0], CONVERSATION[2]])
+
+
+def test_export_chat_template_ids_and_logits_real_tokenizer(tmp_path: Path, llama_tokenizer_dir: Path,
+                                                             offline: None) -> None:
+    """With the real Llama tokenizer as lmm trains with it (legacy=True), the processor's ids for the templated
+    conversation are lmm's ids (one <image> per visual token), single-turn prompt and multi-turn training sequence
+    alike, so the export answers the chat-templated prompt exactly as lmm answers its own."""
+    tok = load_tokenizer(str(llama_tokenizer_dir))
+    model = tiny_lmm(tok)
+    out = export_hf_llava(model, tok, tmp_path / "hf")
+    processor = AutoProcessor.from_pretrained(out)
+    hf = LlavaForConditionalGeneration.from_pretrained(out, attn_implementation="eager").eval()
+    image_id = hf.config.image_token_index
+
+    def hf_ids(conversation: list[dict], **kwargs: bool) -> tuple[list[int], dict]:
+        inputs = processor(text=[processor.apply_chat_template(conversation, **kwargs)], images=[_image(3)],
+                           return_tensors="pt")
+        return _collapse(inputs["input_ids"][0], image_id)[0].tolist(), inputs
+
+    template = VicunaV1Template()
+    assert hf_ids(CONVERSATION)[0] == template.encode(TURNS, tok).input_ids
+    got, inputs = hf_ids(CONVERSATION[:1], add_generation_prompt=True)
+    ids = torch.tensor([template.prompt_ids(QUESTION, tok)])
+    assert got == ids[0].tolist()
+    with torch.no_grad():
+        ours, _ = model(ids, torch.ones_like(ids), inputs["pixel_values"])
+        theirs = hf(**inputs).logits[..., :len(tok)]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    # transformers 4.5x refuses a list under extra_special_tokens (its dict of named tokens); 5 reads the old name.
+    assert not isinstance(json.loads((out / "tokenizer_config.json").read_text()).get("extra_special_tokens"), list)
+    assert set(processor.tokenizer.all_special_tokens) == set(tok.all_special_tokens)
 
 
 def test_export_qformer_raises(tmp_path: Path, tokenizer: PreTrainedTokenizerFast) -> None:
