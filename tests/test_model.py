@@ -54,9 +54,39 @@ def test_splice_expands_placeholder_and_repads():
     assert s.attention_mask[0].sum() == 5 - 1 + n_vis and s.attention_mask[1].sum() == 8
     assert (s.labels[0, 1:1 + n_vis] == IGNORE_INDEX).all()
     assert s.position_ids[0, : 5 - 1 + n_vis].tolist() == list(range(5 - 1 + n_vis))
+
+
+def test_left_padding_pads_the_start_of_the_shorter_row():
+    """A text-only prompt of 5 tokens next to an image prompt of 6 (9 once its placeholder is 4 visual tokens):
+    left padding puts the 4 pads before the short row's tokens, with the mask, positions and labels moved along."""
+    model = tiny_llava()
+    ids, mask, images, labels = batch(model, [5, 6], image_at=(None, 1))
+    lengths, longest = [5, 6 - 1 + model.num_visual_tokens], 9
+    right = model.splice(ids, mask, images, labels)
     left = model.splice(ids, mask, images, labels, padding_side="left")
-    assert left.attention_mask[1].tolist() == [0] * (s.inputs_embeds.shape[1] - 8) + [1] * 8
-    torch.testing.assert_close(left.inputs_embeds[0], s.inputs_embeds[0])  # the longest row has no padding
+    assert left.inputs_embeds.shape[:2] == right.inputs_embeds.shape[:2] == (2, longest)
+    for b, n in enumerate(lengths):
+        pad = longest - n  # 4 for the text-only row, 0 for the image row
+        assert left.attention_mask[b].tolist() == [0] * pad + [1] * n
+        assert right.attention_mask[b].tolist() == [1] * n + [0] * pad
+        assert left.position_ids[b, pad:].tolist() == right.position_ids[b, :n].tolist() == list(range(n))
+        assert left.labels[b].tolist() == [IGNORE_INDEX] * pad + right.labels[b, :n].tolist()
+        torch.testing.assert_close(left.inputs_embeds[b, pad:], right.inputs_embeds[b, :n], rtol=0, atol=0)
+
+
+def test_left_padded_batch_generates_what_each_sample_generates_alone():
+    """Greedy generation over the left-padded batch (rows of 5 and 9 spliced tokens) gives each sample's own
+    tokens and scores: the pads neither shift a row's last position nor are attended to."""
+    model = tiny_llava().eval()
+    ids, mask, images, _ = batch(model, [5, 6], image_at=(None, 1))
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    together = model.generate(ids, mask, images, **kw)
+    for b, n in enumerate([5, 6]):
+        alone = model.generate(ids[b:b + 1, :n], mask[b:b + 1, :n], images[b:b + 1], **kw)
+        assert together.sequences[b].tolist() == alone.sequences[0].tolist(), b
+        for step, (batched, single) in enumerate(zip(together.scores, alone.scores, strict=True)):
+            torch.testing.assert_close(batched[b], single[0], rtol=1e-4, atol=1e-5,
+                                       msg=lambda m, b=b, step=step: f"row {b}, step {step}: {m}")
 
 
 def test_text_only_batch_keeps_connector_in_graph():

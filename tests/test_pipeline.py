@@ -92,37 +92,60 @@ def test_default_job_trains_both_stages(tmp_path, cache):
     assert first == second
 
 
+def trained_weights(stage_dir: Path) -> dict[str, torch.Tensor]:
+    """A stage's saved weights: connector.safetensors, after instruct also the model folder's (LLM, encoder)."""
+    from safetensors.torch import load_file
+
+    files = sorted(stage_dir.glob("**/*.safetensors"))
+    assert files, f"no weights saved in {stage_dir}"
+    return {f"{f.relative_to(stage_dir)}:{k}": v for f in files for k, v in load_file(f).items()}
+
+
 @pytest.mark.parametrize("stage", ["align", "instruct"])
 def test_killed_run_resumes_at_its_checkpoint(tmp_path, cache, stage):
-    """SIGKILL in the middle of a stage; the same command goes on from the last checkpoint (weights, optimizer,
-    scheduler, step) and ends where an uninterrupted run would."""
+    """SIGKILL in the middle of an epoch of a stage; the same command goes on from the last checkpoint (weights,
+    optimizer, scheduler, step, data position) and ends where an uninterrupted run does: the same loss at every step
+    after the checkpoint and the same trained weights."""
     env = env_for(tmp_path, cache)
-    steps = {s: (60 if s == stage else 2) for s in ("align", "instruct")}
-    args = [*SMALL, "run_id=resume", "logger=csv", "num_sample_generations=0", "reuse_align=false", "~eval",
+    total, epoch_steps = 16, 8  # 256 samples in steps of 32: 2 epochs; checkpoints at 3, 6, 9, 12, 15: mid-epoch
+    steps = {s: (total if s == stage else 2) for s in ("align", "instruct")}
+    args = [*SMALL, "logger=csv", "num_sample_generations=0", "reuse_align=false", "~eval",
             f"stages={'[align]' if stage == 'align' else '[align,instruct]'}",
             *[f"stage.{s}.max_steps={n}" for s, n in steps.items()],
-            f"stage.{stage}.checkpoint_every_n_steps=4", f"stage.{stage}.max_epochs=10"]
-    run_py([*SMALL, "logger=csv", "stages=[align]", "stage.align.max_steps=1", "num_sample_generations=0"], env)
-    proc = subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+            f"stage.{stage}.checkpoint_every_n_steps=3", f"stage.{stage}.max_epochs=10"]
+    run_py([*args, "run_id=straight"], env)  # the uninterrupted run (it also builds the tiny world before the kill)
+    proc = subprocess.Popen([sys.executable, "run.py", *args, "run_id=resume"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = tmp_path / "out" / "runs" / "resume" / stage / "checkpoints" / "last.ckpt"
     deadline = time.time() + 180
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.0)
+        time.sleep(0.05)
+    time.sleep(0.2)  # a step or two past the checkpoint (Lightning writes it whole, through a temporary file)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "no checkpoint was written before the kill"
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     saved_step = saved["global_step"]
-    assert 0 < saved_step < 60
+    assert 0 < saved_step < total and saved_step % epoch_steps  # in the middle of an epoch: the data position counts
     assert saved["optimizer_states"][0]["state"] and saved["lr_schedulers"][0]["last_epoch"] == saved_step
 
-    run_py(args, env)
-    summary = json.loads((tmp_path / "out" / "runs" / "resume" / "results.json").read_text())["stages"][stage]
+    run_py([*args, "run_id=resume"], env)
+    runs = tmp_path / "out" / "runs"
+    summary = json.loads((runs / "resume" / "results.json").read_text())["stages"][stage]
     assert summary["resumed_from"] == str(ckpt)
-    assert summary["start_step"] == saved_step and summary["global_step"] == 60
+    assert summary["start_step"] == saved_step and summary["global_step"] == total
     assert summary["losses"][0][0] == saved_step + 1
+    straight = json.loads((runs / "straight" / "results.json").read_text())["stages"][stage]
+    assert straight["resumed_from"] is None and straight["global_step"] == total
+    # after the checkpoint the resumed run is the uninterrupted one, step by step (CPU, fp32: to rounding)
+    assert [s for s, _ in summary["losses"]] == [s for s, _ in straight["losses"][saved_step:]]
+    resumed_losses, straight_losses = (torch.tensor([v for _, v in r["losses"]]) for r in (summary, straight))
+    torch.testing.assert_close(resumed_losses, straight_losses[saved_step:], rtol=1e-5, atol=1e-6)
+    resumed, uninterrupted = trained_weights(runs / "resume" / stage), trained_weights(runs / "straight" / stage)
+    assert resumed.keys() == uninterrupted.keys()
+    for name, weight in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], weight, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("variant", [["model/connector=qformer_lite"], ["model/connector=linear"], ["input=res336"],

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from lmm.eval.scoring import evaluate_pope_files, load_pope_splits
+from tests.conftest import POPE_GOLDEN as GOLDEN
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "golden" / "pope"
 ANSWERS, QUESTIONS = GOLDEN / "llava-v1.5-13b_answers.jsonl", GOLDEN / "llava_pope_test.jsonl"
 
 # fixtures/golden/pope/README.md: F1 / acc / precision / recall / yes-ratio
@@ -16,10 +16,9 @@ EXPECTED = {
     "adversarial": (0.8446, 0.8550, 0.9099, 0.7880, 0.4330),
 }
 
-needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden POPE fixtures not found at {GOLDEN}")
+pytestmark = pytest.mark.usefixtures("pope_golden_dir")  # skipped without ../shared, failed under CI
 
 
-@needs_golden
 def test_pope_golden_splits_pair_by_position() -> None:
     splits = load_pope_splits(ANSWERS, GOLDEN, QUESTIONS)
     assert {name: len(s.labels) for name, s in splits.items()} == {"random": 2910, "popular": 3000,
@@ -27,7 +26,6 @@ def test_pope_golden_splits_pair_by_position() -> None:
     assert all(len(s.predictions) == len(s.labels) for s in splits.values())
 
 
-@needs_golden
 def test_pope_golden_reproduces_published_figures() -> None:
     out = evaluate_pope_files(ANSWERS, GOLDEN, QUESTIONS)
     for split, (f1, acc, precision, recall, yes_ratio) in EXPECTED.items():
@@ -38,7 +36,6 @@ def test_pope_golden_reproduces_published_figures() -> None:
     assert out["mean_f1"] == pytest.approx(0.859, abs=5e-4)
 
 
-@needs_golden
 def test_pope_label_count_mismatch_is_an_error(tmp_path: Path) -> None:
     lines = (GOLDEN / "coco_pope_random.json").read_text().splitlines()
     (tmp_path / "coco_pope_random.json").write_text("\n".join(lines[:-1]) + "\n")

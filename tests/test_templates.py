@@ -1,5 +1,6 @@
 """Templates reproduce LLaVA's tokenisation and v1 label masking on Llama-2 and on a Metaspace-BPE fast tokenizer."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,7 @@ from lmm.data.templates import (
     tokenize_prompt,
     truncate,
 )
-
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "llama-tokenizer"
+from tests.conftest import LLAMA_TOKENIZER, need_fixture
 
 TWO_TURNS = [
     Turn("human", "<image>\nWhat color is the bus?"), Turn("gpt", "Red"),
@@ -42,11 +42,10 @@ def _runs(enc: Encoded) -> list[list[int]]:
 
 @pytest.fixture(scope="module", params=[True, False], ids=["legacy", "non-legacy"])
 def llama(request):
-    if not FIXTURE.is_dir():
-        pytest.skip(f"Llama tokenizer fixture not found at {FIXTURE}")
+    path = need_fixture(LLAMA_TOKENIZER, "the real Llama-2 tokenizer fixture")
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(FIXTURE, legacy=request.param)
+    return AutoTokenizer.from_pretrained(path, legacy=request.param)
 
 
 def _llava_reference(conversations, tokenizer, has_image):
@@ -214,3 +213,31 @@ def test_stop_tokens_on_real_tokenizer(llama_tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(llama_tokenizer_dir)
     assert PlainTemplate().stop_token_ids(tok) == [13, 2]  # "\n" (<0x0A>) is the plain template's terminator
     assert VicunaV1Template().stop_token_ids(tok) == [2]
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [(None, pytest.skip.Exception), ("", pytest.skip.Exception),
+                                             ("false", pytest.skip.Exception), ("true", pytest.fail.Exception),
+                                             ("1", pytest.fail.Exception)], ids=lambda v: getattr(v, "__name__", v))
+def test_missing_fixture_skips_for_a_user_and_fails_under_ci(tmp_path, monkeypatch, ci, outcome):
+    """need_fixture, which every test needing ../shared goes through: a clone without the fixtures skips them with
+    the path as reason; with CI set the same missing fixture fails the test."""
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    missing = tmp_path / "shared" / "fixtures" / "llama-tokenizer"
+    with pytest.raises((pytest.skip.Exception, pytest.fail.Exception),  # both caught: a skip must not pass as one
+                       match=re.escape(f"the tokenizer fixture not found at {missing}")) as outcome_of:
+        need_fixture(missing, "the tokenizer fixture")
+    assert outcome_of.type is outcome
+    missing.mkdir(parents=True)
+    assert need_fixture(missing, "the tokenizer fixture") == missing  # present: the test runs
+
+
+def test_fixture_paths_only_in_conftest():
+    """No test module finds ../shared by itself (and so around need_fixture's CI rule)."""
+    tests = Path(__file__).resolve().parent
+    joins_shared = re.compile(r"""/\s*["']shared["']""")  # `... / "shared"`
+    bypass = [p.name for p in tests.glob("test_*.py")
+              if p.name != Path(__file__).name and joins_shared.search(p.read_text())]
+    assert not bypass, f"{bypass} build the ../shared path themselves: use tests/conftest.py's need_fixture"

@@ -8,7 +8,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from transformers import get_cosine_schedule_with_warmup
 
 from lmm.constants import LOSS_NORMALIZATIONS, PARTS
 from lmm.model.llava import LlavaModel
@@ -91,9 +90,8 @@ class LlavaLitModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps,
                                       weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = math.ceil(self.warmup_ratio * total)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        schedule = warmup_cosine(self.warmup_ratio, lambda: self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         # named per stage: both stages log into one W&B run, and their learning-rate curves must not mix
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": f"{self.stage_name}/lr"}}
@@ -161,6 +159,32 @@ class LlavaLitModule(L.LightningModule):
         state = checkpoint.get("state_dict")
         if state is not None:
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
+
+
+def warmup_cosine(warmup_ratio: float, total_steps: Callable[[], float]) -> Callable[[int], float]:
+    """LLaVA's schedule (HF `cosine` with `warmup_ratio`) as a LambdaLR factor: linear warmup over
+    ceil(ratio * total) steps from 0, then a half cosine to 0 at `total`.
+
+    The length is read at the first step that needs it, not when the optimizer is built: reading Lightning's
+    `estimated_stepping_batches` in `configure_optimizers` sets up the data loaders before a resumed run's
+    checkpoint is restored, and Lightning then never hands the loader its saved position (Lightning issue #20550):
+    the resumed stage would replay its epoch from the start. Step 0 needs no length: its factor is 0 with warmup
+    and 1 without. A plain function, so that LambdaLR keeps it out of the checkpoint.
+    """
+    resolved: list[int] = []
+
+    def factor(step: int) -> float:
+        if step == 0:
+            return 0.0 if warmup_ratio > 0 else 1.0
+        if not resolved:
+            resolved.append(max(1, int(total_steps())))
+        total = resolved[0]
+        warmup = math.ceil(warmup_ratio * total)
+        if step < warmup:
+            return step / warmup
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+    return factor
 
 
 def keep_fp32(part: torch.nn.Module) -> None:
