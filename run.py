@@ -18,7 +18,10 @@ def main(cfg: DictConfig) -> None:
         sys.exit(f"lmm: config error: {err}")
     from lmm.pipeline import run
 
-    run(cfg)
+    try:
+        run(cfg)
+    except ConfigError as err:  # e.g. a training stage that cannot fit its devices (lmm/train/memory.py)
+        sys.exit(f"lmm: {err}")
 
 
 if __name__ == "__main__":

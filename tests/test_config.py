@@ -73,6 +73,15 @@ def test_paper_preset_trains_in_bf16_with_any_strategy():
     assert cfg_of("trainer=ddp").trainer.precision == "32-true"  # the tiny preset stays fp32 on CPU
 
 
+def test_paper_preset_evaluates_in_float16_as_llava():
+    """The trained weights are fp32 master copies: without eval.dtype the paper preset would evaluate in fp32."""
+    assert cfg_of("preset=paper").eval.dtype == "float16"
+    assert cfg_of("preset=paper", "eval=paper12").eval.dtype == "float16"  # whichever suite
+    assert cfg_of("preset=paper", "trainer=ddp").eval.dtype == "float16"
+    assert cfg_of("preset=paper", "eval.dtype=bfloat16").eval.dtype == "bfloat16"
+    assert cfg_of().eval.dtype is None  # the tiny preset evaluates its fp32 CPU models as they are
+
+
 def test_cli_override_wins_over_preset():
     cfg = cfg_of("preset=paper", "trainer=ddp", "stage.instruct.lr=1e-5")
     assert cfg.trainer.strategy._target_.endswith("DDPStrategy") and cfg.stage.instruct.lr == 1e-5

@@ -88,6 +88,8 @@ def test_evaluate_writes_answers_results_and_wandb(tiny_world, saved, tmp_path, 
     assert on_disk["summary"] == results["summary"]
     protocol = on_disk["protocol"]
     assert protocol["template"] == "vicuna_v1" and protocol["image_aspect"] == "pad"
+    assert protocol["eval_dtype"] is None and protocol["dtype"] == "float32"  # no eval.dtype: as loaded
+    assert protocol["dtypes"] == {"encoder": "float32", "connector": "float32", "llm": "float32"}
     assert protocol["decoding"]["do_sample"] is False and protocol["decoding"]["num_beams"] == 1
     assert on_disk["versions"]["torch"] == torch.__version__
     assert "USER: <image>\n" in on_disk["benchmarks"]["tiny_gqa"]["prompt_example"]
@@ -125,6 +127,78 @@ def test_hf_llava_folder_gives_the_same_answers(tiny_world, saved, tmp_path):
         texts[name] = [json.loads(x)["text"] for x in
                        (tmp_path / name / "eval" / "tiny_gqa" / "answers.jsonl").read_text().splitlines()]
     assert texts["lmm"] == texts["hf"]
+
+
+def _spy_on_generate(monkeypatch) -> list[dict[str, torch.dtype | None]]:
+    """Record, at every LlavaModel.generate call, the dtypes of its parts' parameters, of the images and of RoPE."""
+    seen: list[dict[str, torch.dtype | None]] = []
+    original = LlavaModel.generate
+
+    def generate(self, input_ids, attention_mask, images=None, **kwargs):
+        seen.append({**{part: next(getattr(self, part).parameters()).dtype for part in ("encoder", "connector", "llm")},
+                     "images": None if images is None else images.dtype,
+                     "inv_freq": self.llm.model.rotary_emb.inv_freq.dtype})
+        return original(self, input_ids, attention_mask, images, **kwargs)
+
+    monkeypatch.setattr(LlavaModel, "generate", generate)
+    return seen
+
+
+def test_eval_dtype_is_loaded_used_while_generating_and_recorded(tiny_world, saved, tmp_path, monkeypatch):
+    """eval.dtype=float16 (preset=paper) through the pipeline's eval stage: the checkpoint (fp32 weights) is loaded in
+    fp16, every part generates in fp16 (the encoder too), results.json records the dtypes measured while generating,
+    and RoPE's computed inv_freq stays fp32 as from_pretrained(dtype=float16) keeps it. fp16 runs on this CPU (slowly
+    for big matrices, fine for the tiny model)."""
+    import lmm.eval.runner as runner
+    from lmm.pipeline import eval_stage
+
+    seen = _spy_on_generate(monkeypatch)
+    asked: list[str | None] = []
+    load = runner.load_checkpoint
+    monkeypatch.setattr(runner, "load_checkpoint", lambda path, dtype=None: asked.append(dtype) or load(path, dtype))
+    cfg = small_suite(tiny_world, "eval.dtype=float16", "logger=none")
+    with open_dict(cfg):
+        cfg.eval.benchmarks = {k: cfg.eval.benchmarks[k] for k in ("tiny_gqa", "tiny_scienceqa")}
+        for bench in cfg.eval.benchmarks.values():
+            bench.limit = 4
+    results = eval_stage(cfg, tmp_path / "run", saved[0])
+    half = torch.float16
+    assert seen and all(s["encoder"] == s["connector"] == s["llm"] == half for s in seen)
+    assert {s["images"] for s in seen} <= {half, None} and half in {s["images"] for s in seen}
+    assert {s["inv_freq"] for s in seen} == {torch.float32}
+    on_disk = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    for protocol in (results["protocol"], on_disk["protocol"]):
+        assert protocol["eval_dtype"] == "float16" and protocol["dtype"] == "float16"
+        assert protocol["dtypes"] == {"encoder": "float16", "connector": "float16", "llm": "float16"}
+        assert protocol["precision"] == "32-true"
+    assert all(len(b["scores"]) for b in on_disk["benchmarks"].values())
+    assert asked == ["float16"]  # loaded in fp16 (a 13B model never sits in host memory in fp32)
+
+
+def test_recorded_dtype_is_the_one_generation_used(tiny_world, saved, tmp_path, monkeypatch):
+    """A "bf16-true" predict precision converts the model inside the Trainer: results.json says bfloat16, what the
+    parameters were while generating, not the float32 they were before."""
+    seen = _spy_on_generate(monkeypatch)
+    loaded = load_checkpoint(saved[0])
+    cfg = small_suite(tiny_world)
+    with open_dict(cfg):
+        cfg.eval.benchmarks = {"tiny_gqa": cfg.eval.benchmarks.tiny_gqa}
+        cfg.eval.benchmarks.tiny_gqa.limit = 2
+    results = evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path, image_processor=loaded.image_processor,
+                       trainer_kwargs={**CPU, "precision": "bf16-true"})
+    assert seen and {s["llm"] for s in seen} == {torch.bfloat16}
+    assert results["protocol"]["dtypes"] == {"encoder": "bfloat16", "connector": "bfloat16", "llm": "bfloat16"}
+    assert results["protocol"]["dtype"] == "bfloat16" and results["protocol"]["eval_dtype"] is None
+
+
+def test_load_checkpoint_casts_every_part(saved):
+    """Both checkpoint kinds: encoder, connector and LLM in the asked dtype; computed RoPE buffers stay fp32."""
+    run_folder, hf = saved
+    for path in (run_folder, hf):
+        model = load_checkpoint(path, dtype="bfloat16").model
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+        assert model.llm.model.rotary_emb.inv_freq.dtype == torch.float32
+        assert {p.dtype for p in load_checkpoint(path).model.parameters()} == {torch.float32}
 
 
 def test_load_checkpoint_refuses_other_folders(tmp_path):

@@ -14,8 +14,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from lmm.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 from lmm.data.images import ImageTransform
 from lmm.eval.benchmarks import Question
 from lmm.model.llava import LlavaModel
@@ -33,6 +35,45 @@ class Decoding:
     def kwargs(self) -> dict[str, Any]:
         return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "num_beams": self.num_beams,
                 "use_cache": self.use_cache}
+
+
+def cast_for_eval(model: nn.Module, dtype: str | torch.dtype) -> None:
+    """Cast every floating-point parameter and persistent buffer (encoder, connector and LLM) to `dtype`, in place.
+
+    This is what `from_pretrained(dtype=...)` gives (LLaVA's fp16 evaluation): computed non-persistent buffers such
+    as the rotary `inv_freq` stay fp32. `model.to(float16)` would round them too (Llama's RoPE angles at position
+    2047 would move by up to half a radian).
+    """
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+        for name, b in module.named_buffers(recurse=False):
+            if b.is_floating_point() and b.dtype != dtype and name not in module._non_persistent_buffers_set:
+                module._buffers[name] = b.to(dtype)
+
+
+def part_dtypes(model: LlavaModel) -> dict[str, str]:
+    """The dtype of each part's parameters, e.g. {"encoder": "float16", "connector": "float16", "llm": "float16"}."""
+    out = {}
+    for part in ("encoder", "connector", "llm"):
+        p = next((p for p in getattr(model, part).parameters() if p.is_floating_point()), None)
+        out[part] = str(p.dtype).removeprefix("torch.") if p is not None else "none"
+    return out
+
+
+def prompt_text(ids: list[int], tokenizer: Any) -> str:
+    """The exact prompt the model saw for one question, decoded piece by piece around the image token."""
+    pieces, cur = [], []
+    for i in ids:
+        if i == IMAGE_TOKEN_INDEX:
+            pieces.append(cur)
+            cur = []
+        else:
+            cur.append(i)
+    pieces.append(cur)
+    return IMAGE_PLACEHOLDER.join(tokenizer.decode(p, skip_special_tokens=False) for p in pieces)
 
 
 class QuestionDataset(Dataset):
@@ -100,9 +141,12 @@ class EvalModule(L.LightningModule):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
         self.stop_token_ids, self.decoding = list(stop_token_ids), decoding
+        self.dtypes: dict[str, str] | None = None  # the parameters' dtypes while generating (set by predict_step)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[tuple[int, str]]:
         self.model.eval()
+        if self.dtypes is None:  # after the Trainer's setup (a "16-true" precision plugin converts the model there)
+            self.dtypes = part_dtypes(self.model)
         images = batch["images"]
         if images is not None:
             images = images.to(next(self.model.encoder.parameters()).dtype)
@@ -135,6 +179,16 @@ def merge_answers(pairs: list[tuple[int, str]], num_questions: int) -> list[str]
     if missing:
         raise RuntimeError(f"{len(missing)} questions got no answer (first uids: {missing[:10]})")
     return [texts[u] for u in range(num_questions)]
+
+
+def broadcast_from_rank0(obj: Any) -> Any:
+    """Rank 0's object on every rank (a no-op in one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
 
 
 def predict_answers(trainer: L.Trainer, module: EvalModule, loader: DataLoader, num_questions: int) -> list[str]:

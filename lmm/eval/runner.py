@@ -36,11 +36,20 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from lmm.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 from lmm.data.images import ImageTransform
 from lmm.eval.benchmarks import Benchmark, Question
 from lmm.eval.files import sha256
-from lmm.eval.inference import Decoding, EvalModule, QuestionDataset, make_loader, predict_answers
+from lmm.eval.inference import (
+    Decoding,
+    EvalModule,
+    QuestionDataset,
+    broadcast_from_rank0,
+    cast_for_eval,
+    make_loader,
+    part_dtypes,
+    predict_answers,
+    prompt_text,
+)
 from lmm.model.io import (
     MODEL_CARD,
     PREPROCESSOR,
@@ -126,7 +135,9 @@ def _model_of_lightning_checkpoint(given: Path, p: Path) -> Path:
 def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> LoadedModel:
     """Load an lmm run/stage/model folder, a Lightning last.ckpt inside an lmm run, or a Hugging Face Llava folder.
 
-    The returned image_processor is the checkpoint's own preprocessing (checked against its encoder's image_size).
+    `dtype` (e.g. "float16", `eval.dtype`) casts the whole model, encoder included (see cast_for_eval); the LLM of an
+    lmm folder is loaded in it directly. The returned image_processor is the checkpoint's own preprocessing (checked
+    against its encoder's image_size).
     """
     given = Path(path).expanduser()
     p = given.resolve()
@@ -137,6 +148,8 @@ def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> Loaded
     folder = _lmm_model_folder(p)
     if folder is not None:
         model, tokenizer = load_lmm_model(folder, dtype=dtype)
+        if dtype is not None:
+            cast_for_eval(model, dtype)
         return LoadedModel(model, tokenizer, load_image_transform(folder), _model_id(folder), "lmm")
     config = p / "config.json"
     if config.exists() and json.loads(config.read_text()).get("model_type") == "llava":
@@ -146,7 +159,7 @@ def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> Loaded
         if tokenizer is None:
             raise FileNotFoundError(f"{p}: the Llava folder has no tokenizer files")
         if dtype is not None:
-            model.to(getattr(torch, dtype))
+            cast_for_eval(model, dtype)
         transform = saved_image_transform(p)
         if transform is None:
             _log(f"{p} has no {PREPROCESSOR}: using the tower family's defaults at its resolution, padded")
@@ -203,19 +216,6 @@ def _eval_trainer(cfg: DictConfig, overrides: dict[str, Any] | None) -> L.Traine
                               "enable_progress_bar": bool(ecfg.get("progress_bar", False))}
     kwargs.update(overrides or {})
     return L.Trainer(**kwargs)
-
-
-def _prompt_example(ids: list[int], tokenizer: Any) -> str:
-    """The exact prompt the model saw for one question, decoded piece by piece around the image token."""
-    pieces, cur = [], []
-    for i in ids:
-        if i == IMAGE_TOKEN_INDEX:
-            pieces.append(cur)
-            cur = []
-        else:
-            cur.append(i)
-    pieces.append(cur)
-    return IMAGE_PLACEHOLDER.join(tokenizer.decode(p, skip_special_tokens=False) for p in pieces)
 
 
 def _versions() -> dict[str, Any]:
@@ -285,16 +285,6 @@ def _log_wandb(loggers: list[Logger], summary: dict[str, float], rows: list[dict
         run.log({"eval/predictions": wandb.Table(columns=columns, data=data), "eval/sample_images": images})
 
 
-def _broadcast(obj: Any) -> Any:
-    """Rank 0's object on every rank (the scores are computed once, on rank 0: judges may be remote and paid)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-    return obj
-
-
 # ----------------------------------------------------------------------------------------------------- evaluate
 def evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: str | os.PathLike,
              loggers: list[Logger] | None = None, image_processor: str | os.PathLike | ImageTransform | None = None,
@@ -324,11 +314,13 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
     transform, processor = _image_transform(cfg, model, image_processor)
     template = instantiate(ecfg.template)
     if ecfg.get("dtype"):
-        model.to(getattr(torch, ecfg.dtype))
+        cast_for_eval(model, ecfg.dtype)
     benchmarks = build_benchmarks(ecfg)
     for bench in benchmarks:  # read and check every file before the first (possibly hours-long) inference
         bench.questions()
     trainer = _eval_trainer(cfg, trainer_kwargs)
+    if ecfg.get("dtype") == "float16" and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
+        _log("eval.dtype=float16 on a CPU: most CPUs multiply fp16 hundreds of times slower than bf16 (bfloat16)")
     results: dict[str, Any] = {
         "suite": ecfg.get("name"), "model_id": model_id,
         "protocol": {"template": getattr(template, "name", type(template).__name__),
@@ -338,7 +330,9 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
                      "decoding": {"do_sample": False, "temperature": 0, "num_beams": 1, "use_cache": True,
                                   "stop_token_ids": template.stop_token_ids(tokenizer)},
                      "batch_size": int(ecfg.batch_size), "padding": "left (after splicing)",
-                     "dtype": str(next(model.llm.parameters()).dtype), "world_size": trainer.world_size},
+                     "dtype": part_dtypes(model)["llm"], "dtypes": part_dtypes(model),  # measured again below
+                     "eval_dtype": ecfg.get("dtype"), "precision": str(trainer.precision),
+                     "world_size": trainer.world_size},
         "model": {"visual_tokens_per_image": model.num_visual_tokens,
                   "parameters": sum(p.numel() for p in model.parameters())},
         "versions": _versions(), "benchmarks": {}, "summary": {}}
@@ -353,6 +347,8 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
         started = time.perf_counter()
         texts = predict_answers(trainer, module, loader, len(qs))
         seconds = time.perf_counter() - started
+        if module.dtypes:  # the parameters' dtypes while generating, not just what was asked for
+            results["protocol"].update(dtypes=module.dtypes, dtype=module.dtypes["llm"])
         total_q, total_s = total_q + len(qs), total_s + seconds
         entry: dict[str, Any] = {}
         if _rank() == 0:
@@ -371,7 +367,7 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
         _log_wandb(list(loggers or []), results["summary"], rows, {b.name: b for b in benchmarks})
         _log(f"eval results: {out_dir / 'results.json'}")
-    return _broadcast(results)
+    return broadcast_from_rank0(results)  # scored once, on rank 0: judges may be remote and paid
 
 
 def _finish_benchmark(bench: Benchmark, qs: list[Question], texts: list[str], dataset: QuestionDataset,
@@ -393,7 +389,7 @@ def _finish_benchmark(bench: Benchmark, qs: list[Question], texts: list[str], da
              "num_scored": sum(q.reference is not None for q in qs), "scores": scored.scores, "headline": headline,
              "summary": summary, "seconds": round(seconds, 2),
              "questions_per_sec": round(len(qs) / seconds, 2) if seconds else None,
-             "prompt_example": _prompt_example(example, tokenizer) if example else None,
+             "prompt_example": prompt_text(example, tokenizer) if example else None,
              "files": _file_hashes(bench), "answers_file": str(answers),
              "submission_files": [str(p) for p in extra], **scored.details, "_per_question": scored.per_question}
     (out_dir / "scores.json").write_text(json.dumps({k: v for k, v in entry.items() if k != "_per_question"},
