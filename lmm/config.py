@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmm.constants import ASPECTS, ON_ERROR, PARTS, SELECT_FEATURES, VERIFY_IMAGES
+from lmm.constants import ASPECTS, LOSS_NORMALIZATIONS, ON_ERROR, PARTS, SELECT_FEATURES, VERIFY_IMAGES
 
 
 def new_run_id(name: str | None = None) -> str:
@@ -73,6 +73,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"stages={stages}: each stage at most once, align before instruct")
     for name in STAGES:
         _choice(cfg, f"stage.{name}.image_aspect", ASPECTS)
+        _choice(cfg, f"stage.{name}.loss_normalization", LOSS_NORMALIZATIONS)
         for part in OmegaConf.select(cfg, f"stage.{name}.train") or []:
             if part not in PARTS:
                 raise ConfigError(f"stage.{name}.train contains {part!r}; valid parts are: {', '.join(PARTS)}")

@@ -33,7 +33,8 @@ from lmm.config import RANDOM_CONNECTOR, fingerprint, new_run_id, validate
 from lmm.data.accounting import DataAccounting
 from lmm.data.images import ImageTransform
 from lmm.model.llava import LlavaModel
-from lmm.train.callbacks import LossRecord, SampleGenerations, Throughput
+from lmm.train.callbacks import LossRecord, SampleGenerations, Throughput, TrainedTally
+from lmm.train.memory import check_training_memory, without_memory_check
 from lmm.train.module import LlavaLitModule
 
 # everything an align stage depends on; `prepare` builds the tiny world its data and backbones come from
@@ -178,6 +179,7 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
     if done.exists():
         log(f"{name}: already trained in {stage_dir}, reusing it")
         return json.loads(done.read_text())
+    check_training_memory(cfg, name, log)  # from the configs, before the weights load: a run that cannot fit stops
     tokenizer = instantiate(cfg.model.tokenizer)
     model = build_model(cfg)
     template = instantiate(scfg.template)
@@ -185,18 +187,21 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
     module = LlavaLitModule(model, train=list(scfg.train), lr=scfg.lr, weight_decay=scfg.weight_decay,
                             warmup_ratio=scfg.warmup_ratio, init_connector_from=init_connector or None,
                             gradient_checkpointing=scfg.gradient_checkpointing, stage_name=name,
+                            loss_normalization=scfg.loss_normalization,
                             fsdp=instantiate(cfg.sharding) if cfg.get("sharding") else None)
     loss_record = LossRecord(f"{name}/loss")
+    tally = TrainedTally(name)  # in the constructor's list: Lightning then runs it before ModelCheckpoint saves
     loggers = make_loggers(cfg, run_dir, name)
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=stage_dir / "checkpoints", every_n_train_steps=scfg.checkpoint_every_n_steps,
-                        save_top_k=0, save_last=True), loss_record,
+                        save_top_k=0, save_last=True), loss_record, tally,
         Throughput(name, model.num_visual_tokens, every_n_steps=cfg.trainer.get("log_every_n_steps", 5)),
         DataAccounting(name, log_every_n_steps=cfg.trainer.get("log_every_n_steps", 5))]
     if loggers:  # logger=none: Lightning refuses a learning-rate monitor without a logger
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=scfg.max_epochs, max_steps=scfg.max_steps,
-                                     callbacks=callbacks, logger=loggers or False, default_root_dir=str(stage_dir))
+    trainer: L.Trainer = instantiate(without_memory_check(cfg.trainer), max_epochs=scfg.max_epochs,
+                                     max_steps=scfg.max_steps, callbacks=callbacks, logger=loggers or False,
+                                     default_root_dir=str(stage_dir))
     micro, accumulate = micro_batching(scfg.global_batch_size, scfg.micro_batch_size, trainer.world_size)
     trainer.accumulate_grad_batches = accumulate
     datamodule = instantiate(cfg.data[name])(template=template, tokenizer=tokenizer, image_transform=transform,
@@ -216,7 +221,7 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
                "seconds": round(time.time() - started, 1), "micro_batch_size": micro,
                "accumulate_grad_batches": accumulate, "world_size": trainer.world_size,
                "resumed_from": resume, "start_step": loss_record.start_step,
-               "losses": loss_record.losses, **module.parameter_counts()}
+               "losses": loss_record.losses, "trained": tally.summary(), **module.parameter_counts()}
     save_stage_outputs(module, stage_dir, tokenizer, cfg, name, transform)
     if trainer.is_global_zero:
         summary["connector"] = str(stage_dir / "connector.safetensors")
@@ -274,7 +279,7 @@ def eval_stage(cfg: DictConfig, run_dir: Path, checkpoint: str | Path) -> dict:
     """Evaluate a saved model (lmm run/model folder or Hugging Face Llava folder) on the suite `cfg.eval`."""
     from lmm.eval.runner import evaluate, load_checkpoint
 
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, dtype=OmegaConf.select(cfg, "eval.dtype"))  # loaded in it, not cast later
     loggers = [lg for lg in make_loggers(cfg, run_dir, "eval") if isinstance(lg, WandbLogger)]
     return evaluate(cfg, loaded.model, loaded.tokenizer, run_dir, loggers=loggers,
                     image_processor=loaded.image_processor, model_id=loaded.model_id)
