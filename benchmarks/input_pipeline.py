@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lmm.data.args import LoaderArgs, StoreArgs  # noqa: E402
 from lmm.data.datamodule import LlavaDataModule  # noqa: E402
 from lmm.data.dataset import collate, padding_fraction  # noqa: E402
 from lmm.data.images import ImageTransform  # noqa: E402
@@ -95,10 +96,11 @@ def naive_loader(records: Path, root: Path, processor: Any, tokenizer: Any, work
 
 
 def lmm_module(sources: list[dict], tokenizer: Any, transform: Any, cache: Path, workers: int, micro: int,
-               **kwargs: Any) -> LlavaDataModule:
+               visual_tokens: int | None = None, **loader: Any) -> LlavaDataModule:
     return LlavaDataModule(sources, VicunaV1Template(), tokenizer, transform, max_text_length=480,
-                           micro_batch_size=micro, seed=0, num_workers=workers, cache_dir=cache, progress=False,
-                           **kwargs)
+                           micro_batch_size=micro, seed=0, visual_tokens=visual_tokens,
+                           loader=LoaderArgs(num_workers=workers, **loader),
+                           store=StoreArgs(cache_dir=str(cache), progress=False))
 
 
 def train_step_rate(world: Path, batches: list[dict[str, Any]]) -> dict[str, float]:
@@ -160,7 +162,7 @@ def conversion_rate(sources: list[dict], out: Path) -> dict[str, float]:
     import shutil
     import tempfile
 
-    from lmm.data.convert import convert
+    from lmm.data.sources.convert import convert
 
     target = Path(tempfile.mkdtemp(dir=out, prefix="convert-"))
     try:
@@ -175,7 +177,7 @@ def conversion_rate(sources: list[dict], out: Path) -> dict[str, float]:
 
 def json_scale(out: Path, n: int) -> dict[str, Any]:
     """json.load versus lmm's streaming reader on an n-record LLaVA-like file (text only: the records are the cost)."""
-    from lmm.data.synthetic import make_records
+    from lmm.world.noise import make_records
 
     path = out / f"scale-{n}.json"
     if not path.exists():
@@ -218,16 +220,16 @@ def main() -> None:
 
     from transformers import AutoTokenizer, CLIPImageProcessorPil
 
-    from lmm.world.tiny import ensure_tiny_world
+    from lmm.world.build import ensure_world
 
-    world = ensure_tiny_world(str(Path(args.cache_dir or out / "cache") / "tiny-world"))
+    world = ensure_world(str(Path(args.cache_dir or out / "cache") / "tiny-world"))
     tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
     tower = world / "clip-tiny-res224"
     transform = ImageTransform.from_pretrained(tower, aspect="pad")
     processor = CLIPImageProcessorPil.from_pretrained(tower)
     data = world / "data"
     tiny = [{"name": "instruct_mix", "records": str(data / "instruct.json"), "image_root": str(data)}]
-    cache = out / "shards"
+    cache = out / "stores"
     report: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
 
     report["tiny_conversion"] = conversion_rate(tiny, out)
@@ -243,7 +245,7 @@ def main() -> None:
     rows["train_step_tiny"] = train_step_rate(world, batches)
 
     if args.jpegs:
-        from lmm.data.synthetic import write_source
+        from lmm.world.noise import write_source
 
         big = out / "jpeg-src"
         if not (big / "coco.json").exists():

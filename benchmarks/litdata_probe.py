@@ -264,8 +264,8 @@ def probe_lmm(out: Path) -> dict:
     """lmm's converter (validation and an image-header check included) and reader, on a LLaVA JSON + PNG folder."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     try:
-        from lmm.data.convert import convert
-        from lmm.data.store import StoreReader as Reader
+        from lmm.data.sources.convert import convert
+        from lmm.data.sources.store import StoreReader as Reader
         layout = "litdata parts"
     except ImportError:  # a checkout from before litdata (lmm's own shard format)
         from lmm.data.shards import ShardReader as Reader

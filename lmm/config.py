@@ -80,8 +80,8 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "model.encoder.select_feature", SELECT_FEATURES)
     _choice(cfg, "eval.image_aspect", ASPECTS)
     for name in STAGES:
-        _choice(cfg, f"data.{name}.on_error", ON_ERROR)
-        _choice(cfg, f"data.{name}.verify_images", VERIFY_IMAGES)
+        _choice(cfg, f"data.{name}.policy.on_error", ON_ERROR)
+        _choice(cfg, f"data.{name}.policy.verify_images", VERIFY_IMAGES)
     if cfg.task == "train" and "instruct" in stages and "align" not in stages \
             and not OmegaConf.select(cfg, "stage.instruct.init_connector_from"):
         raise ConfigError("stages=[instruct] needs the connector it starts from: set stage.instruct.init_connector_from"

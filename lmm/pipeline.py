@@ -30,9 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
 from lmm.config import RANDOM_CONNECTOR, fingerprint, new_run_id, validate
-from lmm.data.accounting import DataAccounting
 from lmm.data.images import ImageTransform
 from lmm.model.llava import LlavaModel
+from lmm.train.accounting import DataAccounting
 from lmm.train.callbacks import LossRecord, SampleGenerations, Throughput, TrainedTally
 from lmm.train.memory import check_training_memory, without_memory_check
 from lmm.train.module import LlavaLitModule

@@ -71,10 +71,10 @@ class BatchConsumer(L.LightningModule):
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny world (backbones + a small dataset) built once for the whole test session."""
-    from lmm.world.tiny import ensure_tiny_world
+    from lmm.world.build import ensure_world
 
     cache = tmp_path_factory.mktemp("cache")
-    ensure_tiny_world(str(cache / "tiny-world"), num_align=96, num_instruct=96, num_eval=16)
+    ensure_world(str(cache / "tiny-world"), num_align=96, num_instruct=96, num_eval=16)
     return cache
 
 

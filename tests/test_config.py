@@ -99,7 +99,7 @@ def test_misspelled_option_lists_the_choices():
     ("stages=[algn,instruct]", ["align", "instruct"]),
     ("stage.instruct.train=[connecter,llm]", ["encoder", "connector", "llm"]),
     ("model.encoder.select_feature=cls", ["patch", "cls_patch"]),
-    ("data.instruct.on_error=ignore", ["error", "skip"]),
+    ("data.instruct.policy.on_error=ignore", ["error", "skip"]),
     ("stage.instruct.loss_normalization=per_sample", ["global_tokens", "llava"]),
 ])
 def test_misspelled_value_lists_the_choices(override, names):

@@ -7,10 +7,12 @@ import json
 import lightning as L
 from lightning.pytorch.loggers import Logger
 
-from lmm.data.accounting import DataAccounting
+from lmm.data.args import PolicyArgs, StoreArgs
 from lmm.data.datamodule import LlavaDataModule
-from lmm.data.synthetic import data_kit, write_source
+from lmm.train.accounting import DataAccounting
+from lmm.world.noise import write_source
 from tests.conftest import BatchConsumer
+from tests.synthetic import data_kit
 
 
 class CapturingLogger(Logger):
@@ -48,9 +50,10 @@ def test_accounting_and_conversion_rejects_and_repairs_reach_the_logger(tmp_path
     txt, txt_root = write_source(tmp_path, "txt", 16, image_fraction=0.0, seed=2, turns=(1, 1))
     sources = [{"name": "img", "records": str(img), "image_root": str(img_root)},
                {"name": "txt", "records": str(txt), "image_root": str(txt_root)}]
-    dm = LlavaDataModule(sources, **kit, max_text_length=256, micro_batch_size=4, on_error="skip",
-                         max_reject_fraction=None, cache_dir=tmp_path / "cache", output_dir=tmp_path / "run",
-                         progress=False)
+    dm = LlavaDataModule(sources, **kit, max_text_length=256, micro_batch_size=4,
+                         policy=PolicyArgs(on_error="skip", max_reject_fraction=None),
+                         store=StoreArgs(cache_dir=str(tmp_path / "cache"), progress=False),
+                         output_dir=tmp_path / "run")
     logger = CapturingLogger()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=4, logger=logger, log_every_n_steps=1,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -7,12 +7,14 @@ import json
 
 import pytest
 
-from lmm.data.convert import convert
+from lmm.data.args import LoaderArgs, MixtureArgs, PolicyArgs, StoreArgs
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.records import RecordError
 from lmm.data.rejects import SampleError
-from lmm.data.store import StoreReader
-from lmm.data.synthetic import data_kit, write_source
+from lmm.data.sources.convert import convert
+from lmm.data.sources.store import StoreReader
+from lmm.world.noise import write_source
+from tests.synthetic import data_kit
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,7 @@ def test_many_gpt_first_records_do_not_stop_a_lenient_run(kit, tmp_path):
     check nor the load-time check of max_reject_fraction stops the run."""
     import lightning as L
 
-    from lmm.data.accounting import DataAccounting
+    from lmm.train.accounting import DataAccounting
     from tests.conftest import BatchConsumer
 
     records, root = write_source(tmp_path, "src", 24, image_fraction=1.0, seed=1, turns=(1, 1))
@@ -138,11 +140,14 @@ def test_many_gpt_first_records_do_not_stop_a_lenient_run(kit, tmp_path):
     assert metrics["instruct/data/rejected_at_conversion"] == 0
 
 
-def _module(kit, records, root, tmp_path, **kwargs):
+def _module(kit, records, root, tmp_path, max_text_length=256, num_workers=0, output_dir=None, **policy):
     # one bad record in a dozen is far above the default max_reject_fraction: these tests look at single records
-    options = {"micro_batch_size": 4, "max_text_length": 256, "progress": False, "cache_dir": tmp_path / "cache",
-               "shuffle": False, "max_reject_fraction": None, **kwargs}
-    return LlavaDataModule([{"name": "src", "records": str(records), "image_root": str(root)}], **kit, **options)
+    policy = {"max_reject_fraction": None, **policy}
+    return LlavaDataModule([{"name": "src", "records": str(records), "image_root": str(root)}], **kit,
+                           max_text_length=max_text_length, micro_batch_size=4, output_dir=output_dir,
+                           mixture=MixtureArgs(shuffle=False), loader=LoaderArgs(num_workers=num_workers),
+                           policy=PolicyArgs(**policy), store=StoreArgs(cache_dir=str(tmp_path / "cache"),
+                                                                        progress=False))
 
 
 def _truncated_png(records, root):
@@ -250,7 +255,7 @@ def test_samples_mostly_rejected_at_load_stop_a_lenient_run(kit, tmp_path):
     once enough samples were seen, instead of training on filler rows."""
     import lightning as L
 
-    from lmm.data.accounting import DataAccounting
+    from lmm.train.accounting import DataAccounting
     from tests.conftest import BatchConsumer
 
     records, root = write_source(tmp_path, "src", 48, image_fraction=1.0, seed=1, turns=(1, 1))

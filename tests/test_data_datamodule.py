@@ -1,6 +1,6 @@
-"""The DataModule as the pipeline builds it from conf/data: the tiny mixture composes, streams from shards, applies
-format prompts on the fly and serves sample generations, also for a source that exists only as shards; an epoch the
-global batch does not divide ends in a smaller step."""
+"""The DataModule as the pipeline builds it from conf/data: the world's mixture composes, streams from stores, applies
+format prompts on the fly and serves sample generations, also for a source that exists only as a store; an epoch the
+global batch does not divide ends in a smaller step; a misspelled setting fails."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from lmm.config import register_resolvers
+from lmm.data.args import LoaderArgs, MixtureArgs, StoreArgs
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.formats import SHORT_ANSWER
 from lmm.data.images import ImageTransform
@@ -28,19 +29,22 @@ register_resolvers()
 
 def _datamodule(tiny_world: Path, *overrides: str) -> LlavaDataModule:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["data=tiny_mix", f"paths.cache_dir={tiny_world}",
-                                                       "data.instruct.num_samples=96", *overrides])
+        cfg = compose(config_name="config", overrides=["data=world_mix", f"paths.cache_dir={tiny_world}",
+                                                       "data.instruct.mixture.num_samples=96", "data.num_workers=0",
+                                                       *overrides])
     OmegaConf.resolve(cfg)
     world = tiny_world / "tiny-world"
-    return instantiate(cfg.data.instruct)(
+    assert Path(cfg.world.root) == world
+    return instantiate(cfg.data.instruct)(  # the call of lmm.pipeline.train_stage
         template=VicunaV1Template(), tokenizer=AutoTokenizer.from_pretrained(world / "tokenizer"),
         image_transform=ImageTransform.from_pretrained(world / "clip-tiny-res224"), max_text_length=200,
-        micro_batch_size=4, seed=0, num_workers=0)
+        micro_batch_size=4, seed=0, output_dir=None, visual_tokens=None)
 
 
-def test_tiny_mixture_streams_weighted_single_modality_batches(tiny_world):
+def test_world_mixture_streams_weighted_single_modality_batches(tiny_world):
     dm = _datamodule(tiny_world)
     assert dm.source_names == ["llava_instruct", "vqav2", "sharegpt"]
+    assert dm.loader_args.group_by_modality_length and dm.loader_args.num_workers == 0
     batches = list(dm.train_dataloader())
     counts = Counter(s for b in batches for s in b["sources"])
     assert counts == {"llava_instruct": 48, "vqav2": 29, "sharegpt": 19}
@@ -65,7 +69,7 @@ class _Recorder(BatchConsumer):
 def test_a_remainder_is_trained_in_a_last_smaller_step(tiny_world):
     """Issue 8: 90 samples, global batch 16 (micro 4 x accumulate 4): 5 whole steps and a last one of 10, each
     epoch; the cosine schedule is built for those 12 steps, every sample of each epoch is trained on once."""
-    dm = _datamodule(tiny_world, "data.instruct.num_samples=90")
+    dm = _datamodule(tiny_world, "data.instruct.mixture.num_samples=90")
     module, tally = _Recorder(), TrainedTally("instruct")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, accumulate_grad_batches=4, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -91,11 +95,11 @@ def test_format_prompt_is_a_switch_on_the_same_files(tiny_world):
     assert SHORT_ANSWER not in vqa_text(_datamodule(tiny_world, "data.catalog.vqav2.format_prompt=false"))
 
 
-def test_example_records_extract_images_of_a_shards_only_source(tiny_world, tmp_path):
+def test_example_records_extract_images_of_a_store_only_source(tiny_world, tmp_path):
     dm = _datamodule(tiny_world)
     dm.setup()
-    shards = dm.readers[0].location
-    only = LlavaDataModule([{"name": "conv", "shards": shards}], template=dm.template, tokenizer=dm.tokenizer,
+    store = dm.readers[0].location
+    only = LlavaDataModule([{"name": "conv", "store": store}], template=dm.template, tokenizer=dm.tokenizer,
                            image_transform=dm.image_transform, max_text_length=200, micro_batch_size=4,
                            output_dir=tmp_path)
     examples = only.example_records(3)
@@ -108,17 +112,18 @@ def test_example_records_extract_images_of_a_shards_only_source(tiny_world, tmp_
 
 def test_packing_needs_the_visual_token_count(tiny_world):
     with pytest.raises(ValueError, match="visual_tokens"):
-        _datamodule(tiny_world, "data.instruct.pack=true")
+        _datamodule(tiny_world, "data.instruct.loader.pack=true")
 
 
 def test_remote_store_is_read_as_is_even_with_records_set(tmp_path, monkeypatch):
-    """The source configs keep `records` set; overriding `shards` with a URL must read the bucket, not convert the
+    """The source configs keep `records` set; overriding `store` with a URL must read the bucket, not convert the
     records into a local folder named after the URL ("local:/..." under the working directory). The bucket is a
     folder read through litdata's `local:` scheme (its remote code path without a network)."""
     import shutil
 
-    from lmm.data.convert import convert
-    from lmm.data.synthetic import data_kit, write_source
+    from lmm.data.sources.convert import convert
+    from lmm.world.noise import write_source
+    from tests.synthetic import data_kit
 
     monkeypatch.chdir(tmp_path)
     kit = data_kit(tmp_path / "kit")
@@ -127,19 +132,19 @@ def test_remote_store_is_read_as_is_even_with_records_set(tmp_path, monkeypatch)
     shutil.copytree(tmp_path / "converted", tmp_path / "bucket" / "up")
     url = f"local:{tmp_path / 'bucket' / 'up'}"
     local_records, local_root = write_source(tmp_path / "local", "loc", 12, image_fraction=0.5, seed=3)
+    store = StoreArgs(cache_dir=str(tmp_path / "cache"), remote_cache_dir=str(tmp_path / "remote-cache"),
+                      progress=False)
     dm = LlavaDataModule([{"name": "up", "records": str(local_records), "image_root": str(local_root),
-                           "shards": url}], **kit, max_text_length=256, micro_batch_size=4, shuffle=False,
-                         num_workers=2, cache_dir=tmp_path / "cache", remote_cache_dir=tmp_path / "remote-cache",
-                         progress=False)
+                           "store": url}], **kit, max_text_length=256, micro_batch_size=4,
+                         mixture=MixtureArgs(shuffle=False), loader=LoaderArgs(num_workers=2), store=store)
     dm.prepare_data()
     ids = [i for b in dm.train_dataloader() for i in b["ids"]]
     assert ids == [f"up-{k}" for k in range(20)]  # the bucket's samples, not the 12 local records
     assert dm.readers[0].location == url and dm.readers[0].remote
     assert not (tmp_path / "local:").exists() and not (tmp_path / "cache").exists()
     assert list((tmp_path / "remote-cache").rglob("chunk-*.bin"))  # litdata's cache, under remote_cache_dir
-    empty = LlavaDataModule([{"name": "none", "records": str(local_records), "shards": url + "-missing"}], **kit,
-                            max_text_length=256, micro_batch_size=4, cache_dir=tmp_path / "cache",
-                            remote_cache_dir=tmp_path / "remote-cache", progress=False)
+    empty = LlavaDataModule([{"name": "none", "records": str(local_records), "store": url + "-missing"}], **kit,
+                            max_text_length=256, micro_batch_size=4, store=store)
     with pytest.raises(FileNotFoundError, match="never converts into remote storage"):
         empty.setup()
 
@@ -148,9 +153,32 @@ def test_other_conversion_settings_get_their_own_folder(tiny_world):
     """Changing verify_images or chunk_bytes converts anew instead of reusing a conversion made otherwise."""
     base = _datamodule(tiny_world)
     base.setup()
-    decode = _datamodule(tiny_world, "+data.instruct.verify_images=decode")
+    decode = _datamodule(tiny_world, "+data.instruct.policy.verify_images=decode")
     decode.setup()
     assert base.readers[0].location != decode.readers[0].location
     again = _datamodule(tiny_world)
     again.setup()
     assert again.readers[0].location == base.readers[0].location
+
+
+@pytest.mark.parametrize(("override", "error", "names"), [
+    ("+data.instruct.loader.num_worker=2", "num_worker", ["num_worker"]),  # a misspelled setting of a group
+    ("+data.catalog.vqav2.wieght=1", "wieght", ["wieght"]),  # ... of a source
+    ("data.instruct.policy.on_error=ignore", "on_error", ["error", "skip"]),  # a value outside its closed set
+])
+def test_a_misspelled_data_setting_fails_when_the_stage_is_built(tiny_world, override, error, names):
+    """The `+` forces the key past Hydra's own check of command-line keys (a YAML file can hold it just as well):
+    the dataclasses refuse it instead of ignoring it."""
+    with pytest.raises(Exception, match=error) as err:
+        _datamodule(tiny_world, override)
+    assert all(name in str(err.value) for name in names)
+
+
+def test_the_datamodule_takes_no_loose_options(tiny_world):
+    """Every data setting sits in its group: an option given loose (as before the groups) is refused, not ignored."""
+    kit = {"template": VicunaV1Template(), "tokenizer": None, "image_transform": None}
+    source = [{"name": "s", "records": str(tiny_world / "tiny-world" / "data" / "instruct.json")}]
+    with pytest.raises(TypeError, match="num_workers"):
+        LlavaDataModule(source, **kit, max_text_length=8, micro_batch_size=1, num_workers=2)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['shards'\] \(`shards` is now called `store`\)"):
+        LlavaDataModule([{"name": "s", "shards": "/x"}], **kit, max_text_length=8, micro_batch_size=1)

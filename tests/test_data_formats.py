@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from lmm.data.carve import carve, classify, main
 from lmm.data.formats import CAPTION, MULTIPLE_CHOICE, REGION_TO_BOX, SHORT_ANSWER, FormatPrompt, detect_policy
 from lmm.data.records import Turn
+from lmm.data.sources.carve import carve, classify, main
 
 
 def _conv(*values):

@@ -7,9 +7,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from lmm.data.args import LoaderArgs, MixtureArgs, StoreArgs
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.mixture import MixturePlan, SourceInfo, apportion, epoch_counts
-from lmm.data.synthetic import data_kit, write_source
+from lmm.world.noise import write_source
+from tests.synthetic import data_kit
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +30,12 @@ def three_sources(tmp_path_factory):
     return out, root
 
 
-def _module(kit, sources, cache, seed=0, **kwargs):
-    options = {"micro_batch_size": 25, "num_samples": 10_000, "max_text_length": 256, "progress": False,
-               "weights": {"alpha": 0.5, "beta": 0.3, "gamma": 0.2}, **kwargs}
-    return LlavaDataModule(sources, **kit, seed=seed, cache_dir=cache, **options)
+def _module(kit, sources, cache, seed=0, weights=None, num_workers=0, **kwargs):
+    weights = weights if weights is not None else {"alpha": 0.5, "beta": 0.3, "gamma": 0.2}
+    return LlavaDataModule(sources, **kit, seed=seed, micro_batch_size=25, max_text_length=256,
+                           mixture=MixtureArgs(weights=weights, num_samples=10_000),
+                           loader=LoaderArgs(num_workers=num_workers),
+                           store=StoreArgs(cache_dir=str(cache), progress=False), **kwargs)
 
 
 def _keys(loader) -> list[tuple[str, str]]:
@@ -163,6 +167,6 @@ def test_mixture_config_mistakes_fail_clearly(kit, three_sources, tmp_path):
     with pytest.raises(ValueError, match="delta"):
         _module(kit, sources, tmp_path, weights={"alpha": 1.0, "delta": 1.0})
     with pytest.raises(ValueError, match="unknown key"):
-        _module(kit, [dict(sources[0], wieght=1)], tmp_path, weights=None)
+        _module(kit, [dict(sources[0], wieght=1)], tmp_path, weights={})
     with pytest.raises(ValueError, match="an epoch of no samples"):
         MixturePlan(_infos([3]), [0], seed=0, micro_batch_size=4)

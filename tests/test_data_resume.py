@@ -9,10 +9,12 @@ import lightning as L
 import pytest
 import torch
 
-from lmm.data.accounting import DataAccounting
+from lmm.data.args import LoaderArgs, MixtureArgs, StoreArgs
 from lmm.data.datamodule import LlavaDataModule
-from lmm.data.synthetic import data_kit, write_source
+from lmm.train.accounting import DataAccounting
 from lmm.train.callbacks import TrainedTally
+from lmm.world.noise import write_source
+from tests.synthetic import data_kit
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +49,10 @@ class Recorder(L.LightningModule):
 def _fit(setup, tmp_path, max_steps: int = -1, ckpt: str | None = None, every: int | None = None,
          num_samples: int = 48):
     kit, sources, root = setup
-    dm = LlavaDataModule(sources, **kit, max_text_length=512, micro_batch_size=3, seed=5, num_workers=2,
-                         weights={"img": 0.6, "txt": 0.4}, num_samples=num_samples, group_by_modality_length=True,
-                         cache_dir=root / "cache", progress=False)
+    dm = LlavaDataModule(sources, **kit, max_text_length=512, micro_batch_size=3, seed=5,
+                         mixture=MixtureArgs(weights={"img": 0.6, "txt": 0.4}, num_samples=num_samples),
+                         loader=LoaderArgs(num_workers=2, group_by_modality_length=True),
+                         store=StoreArgs(cache_dir=str(root / "cache"), progress=False))
     module, accounting = Recorder(), DataAccounting("instruct", log_every_n_steps=1)
     tally = TrainedTally("instruct")
     callbacks: list = [accounting, tally]
@@ -90,8 +93,10 @@ def test_resumed_run_sees_the_same_batches(setup, tmp_path, num_samples, stop_st
 def test_resume_with_another_mixture_is_refused(setup, tmp_path):
     _fit(setup, tmp_path / "a", max_steps=2, every=2)
     kit, sources, root = setup
-    dm = LlavaDataModule(sources, **kit, max_text_length=512, micro_batch_size=3, seed=6, num_workers=0,
-                         weights={"img": 0.6, "txt": 0.4}, num_samples=48, cache_dir=root / "cache", progress=False)
+    dm = LlavaDataModule(sources, **kit, max_text_length=512, micro_batch_size=3, seed=6,
+                         mixture=MixtureArgs(weights={"img": 0.6, "txt": 0.4}, num_samples=48),
+                         loader=LoaderArgs(num_workers=0), store=StoreArgs(cache_dir=str(root / "cache"),
+                                                                           progress=False))
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, accumulate_grad_batches=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError, match="different mixture or batching"):

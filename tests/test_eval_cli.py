@@ -16,7 +16,7 @@ from tests.test_eval_runner import _bare_encoder, _model_on
 
 ROOT = Path(__file__).resolve().parents[1]
 # the session's tiny world (tests/conftest.py), so nothing is rebuilt
-WORLD = ["prepare.0.num_align=96", "prepare.0.num_instruct=96", "prepare.0.num_eval=16"]
+WORLD = ["world.num_align=96", "world.num_instruct=96", "world.num_eval=16"]
 
 
 def _run_eval(tmp_path: Path, tiny_world: Path, *args: str) -> subprocess.CompletedProcess:

@@ -40,7 +40,7 @@ from lmm.model.encoder import VisionEncoder
 from lmm.model.io import load_lmm_model, save_lmm_model
 from lmm.model.llava import LlavaModel
 from lmm.model.llm import load_tokenizer
-from lmm.world.tiny import build_tokenizer
+from lmm.world.zoo import build_tokenizer
 
 TEXTS = ["a red ball is on the left of a blue cube.", "what colour is the ball?", "the cube is blue.",
          "USER: how many objects are there? ASSISTANT: two objects.", "a green cone stands behind the cube."]

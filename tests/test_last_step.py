@@ -10,11 +10,13 @@ import lightning as L
 import numpy as np
 import pytest
 
+from lmm.data.args import LoaderArgs, StoreArgs
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.mixture import MixturePlan, SourceInfo
-from lmm.data.synthetic import data_kit, write_source
 from lmm.train.callbacks import TrainedTally
+from lmm.world.noise import write_source
 from tests.conftest import BatchConsumer
+from tests.synthetic import data_kit
 
 
 def _infos(sizes: list[int], image_every: int = 3) -> list[SourceInfo]:
@@ -122,9 +124,9 @@ class IdRecorder(BatchConsumer):
 
 def _fit(sources, world: int, rank: int, accumulate: int, epochs: int, group: bool, micro: int = 3):
     kit, specs, root = sources
-    dm = LlavaDataModule(specs, **kit, max_text_length=512, micro_batch_size=micro, seed=2, num_workers=0,
-                         group_by_modality_length=group, cache_dir=root / "cache", progress=False,
-                         world_size=world, rank=rank)
+    dm = LlavaDataModule(specs, **kit, max_text_length=512, micro_batch_size=micro, seed=2,
+                         loader=LoaderArgs(num_workers=0, group_by_modality_length=group),
+                         store=StoreArgs(cache_dir=str(root / "cache"), progress=False), world_size=world, rank=rank)
     module, tally = IdRecorder(), TrainedTally("instruct")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, accumulate_grad_batches=accumulate,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -213,8 +215,9 @@ def _ddp_worker(specs: str, root: str, out: str) -> None:
 
     rank = int(os.environ.get("LOCAL_RANK", "0"))  # set in the process Lightning launches, before it builds this
     kit = data_kit(Path(out) / f"kit{rank}")
-    dm = LlavaDataModule(json.loads(specs), **kit, max_text_length=512, micro_batch_size=1, seed=2, num_workers=0,
-                         cache_dir=Path(root) / "cache", progress=False)
+    dm = LlavaDataModule(json.loads(specs), **kit, max_text_length=512, micro_batch_size=1, seed=2,
+                         loader=LoaderArgs(num_workers=0), store=StoreArgs(cache_dir=str(Path(root) / "cache"),
+                                                                           progress=False))
     module, tally = IdRecorder(), TrainedTally("instruct")
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, accumulate_grad_batches=2,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["prepare.0.num_align=256", "prepare.0.num_instruct=256", "prepare.0.num_eval=8", "data.num_workers=0"]
+SMALL = ["world.num_align=256", "world.num_instruct=256", "world.num_eval=8", "data.num_workers=0"]
 
 
 def env_for(tmp: Path, cache: Path) -> dict[str, str]:
@@ -150,7 +150,7 @@ def test_killed_run_resumes_at_its_checkpoint(tmp_path, cache, stage):
 
 @pytest.mark.parametrize("variant", [["model/connector=qformer_lite"], ["model/connector=linear"], ["input=res336"],
                                      ["model/encoder=siglip"], ["logger=none"],
-                                     ["data=tiny_mix", "trainer.log_every_n_steps=1"]],
+                                     ["data=world_mix", "trainer.log_every_n_steps=1"]],
                          ids=lambda v: v[0])
 def test_variants_run(tmp_path, cache, variant):
     env = env_for(tmp_path, cache)
@@ -160,12 +160,12 @@ def test_variants_run(tmp_path, cache, variant):
     if variant == ["logger=none"]:
         assert not (tmp_path / "out" / "runs" / "v" / "logs").exists()
         assert not (tmp_path / "out" / "runs" / "v" / "wandb").exists()
-    if variant[0] == "data=tiny_mix":  # a streamed three-source mixture, each source's share logged
+    if variant[0] == "data=world_mix":  # a streamed three-source mixture, each source's share logged
         header = (tmp_path / "out" / "runs" / "v" / "logs" / "instruct" / "metrics.csv").read_text().splitlines()[0]
         for source in ("llava_instruct", "vqav2", "sharegpt"):
             assert f"instruct/data/{source}/samples" in header and f"instruct/data/{source}/share" in header
     results = json.loads((tmp_path / "out" / "runs" / "v" / "results.json").read_text())
     tokens = results["stages"]["instruct"]["model/visual_tokens_per_image"]
     expected = {"model/connector=qformer_lite": 32, "model/connector=linear": 16, "input=res336": 36,
-                "model/encoder=siglip": 16, "logger=none": 16, "data=tiny_mix": 16}[variant[0]]
+                "model/encoder=siglip": 16, "logger=none": 16, "data=world_mix": 16}[variant[0]]
     assert tokens == expected

@@ -1,10 +1,12 @@
-"""LLaVA-format records: JSON/JSONL loading and every validation error names file, record and reason."""
+"""LLaVA-format records: JSON/JSONL loading and every validation error names file, record and reason; the JSON Lines
+reader of every other line-by-line file names file and line."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from lmm.data.jsonl import JsonlError, read_jsonl
 from lmm.data.records import (
     FIRST_TURN_DROPPED,
     Record,
@@ -145,3 +147,19 @@ def test_only_one_turn_is_dropped_and_what_is_left_is_validated():
     assert "first turn must be from 'human', got 'gpt'" in record_problem(rec)
     rec, repairs = repair_record(Record("r", None, _conv(("gpt", "A."))))
     assert rec.conversations == [] and "empty 'conversations'" in record_problem(rec)
+
+
+def test_jsonl_reader_names_file_and_line_with_the_callers_error(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + '{"question_id": 1}\n\n  \n{"question_id": "\u00e9"}\n'.encode())
+    assert list(read_jsonl(path)) == [(1, {"question_id": 1}), (4, {"question_id": "\u00e9"})]  # BOM, blanks skipped
+    path.write_text('{"a": 1}\n{"a": }\n')
+    with pytest.raises(JsonlError, match=rf"^{path}:2: invalid JSON \(Expecting value at column 7\)"):
+        list(read_jsonl(path))
+
+    class BenchmarkError(ValueError):
+        pass
+
+    path.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(BenchmarkError, match=rf"^{path}:2: expected a JSON object, got list"):
+        list(read_jsonl(path, error=BenchmarkError))

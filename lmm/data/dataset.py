@@ -17,10 +17,9 @@ from transformers import PreTrainedTokenizerBase
 
 from lmm.constants import IGNORE_INDEX
 from lmm.data.formats import FormatPrompt
-from lmm.data.images import ImageError
 from lmm.data.records import Record, parse_record, record_problem
 from lmm.data.rejects import ON_ERROR, RejectLog, SampleError, reason_kind
-from lmm.data.store import StoreReader
+from lmm.data.sources.store import StoreReader
 from lmm.data.templates import TokenizationMismatch, truncate
 
 REJECTED = "rejected"
@@ -101,7 +100,7 @@ def decode_image(data: bytes | None, where: str, rel: str | None) -> Any:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, ImageError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise SampleError(where, None, f"image {rel!r} cannot be decoded: {e}", "corrupt image") from e
 
 

@@ -1,4 +1,5 @@
-"""Response-format prompts of LLaVA-1.5's sources, applied (or removed) on the fly as a transform of the human turns.
+"""Response-format prompts, each written once: LLaVA-1.5's training sources' (applied or removed on the fly as a
+transform of the human turns) and its benchmarks' (used by lmm.eval and the tiny world's benchmark analogs).
 
 The 665K mixture stores its VQA questions with the format prompt already appended ("...\\nAnswer the question using a
 single word or phrase."). Making the prompt a transform means `format_prompt: false` on a source is rung 2 of the
@@ -17,6 +18,11 @@ MULTIPLE_CHOICE = "Answer with the option's letter from the given choices direct
 CAPTION = "Provide a one-sentence caption for the provided image."
 REGION_TO_BOX = "Please provide the bounding box coordinate of the region this sentence describes:"
 REGION_TO_TEXT = "Please provide a short description for this region:"
+# Prompts of the benchmarks only (spec/eval.md), never toggled on training data:
+MULTIPLE_CHOICE_CN = "请直接回答选项字母。"  # MMBench-CN: MULTIPLE_CHOICE in Chinese
+# VizWiz: before SHORT_ANSWER, so that a question the image cannot answer gets "unanswerable"
+UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
+YES_NO_SUFFIX = " Please answer yes or no."  # the end of MME's questions (with its leading space)
 
 # policy -> the prompt it appends to each human turn (None: the policy has no removable prompt)
 PROMPTS: dict[str, str | None] = {

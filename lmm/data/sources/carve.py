@@ -14,7 +14,7 @@ under "unknown_prefix" in the report, so a renamed folder is seen rather than si
 a JSON object belongs to no source: it is counted under "rejected" in the report (and printed) and written, with its
 index, its reason and the value itself, to out_dir/rejects.jsonl, so nothing is lost without a trace.
 
-    python -m lmm.data.carve llava_v1_5_mix665k.json out_dir [--okvqa-ids ids.txt]
+    python -m lmm.data.sources.carve llava_v1_5_mix665k.json out_dir [--okvqa-ids ids.txt]
 
 writes out_dir/<source>.jsonl, out_dir/carve_report.json (and out_dir/rejects.jsonl when an entry is unusable),
 and prints the counts per source.

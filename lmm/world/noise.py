@@ -1,7 +1,9 @@
-"""Synthetic LLaVA-format sources and a tiny tokenizer, for the data tests and the input-pipeline benchmark.
+"""Noise sources: LLaVA-format files of random words and random-noise images, at any size and count.
 
-Real sources cannot be downloaded on these machines; these files have their layout (JSON list + image folder) and
-chosen sizes (tiny PNGs like the tiny world, or COCO-sized JPEGs for paper-scale decoding costs).
+The tiny world's scenes mean something (a model can learn them); these do not, on purpose: they exist for what is
+measured on the data side, reading, validating, decoding and batching, where chosen sizes matter (tiny PNGs like the
+world's, or COCO-sized JPEGs for paper-scale decoding costs) and meaning does not. The data tests build their sources
+here, and so does benchmarks/input_pipeline.py; real sources cannot be downloaded on these machines.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
-from lmm.data.formats import SHORT_ANSWER
 
 WORDS = ("red green blue yellow circle square triangle left right top bottom center shape image what where is the "
          "a of colour how many there are one two three background white black").split()
@@ -30,6 +30,7 @@ def image_bytes(rng: np.random.Generator, size: tuple[int, int], fmt: str) -> by
 
 
 def sentence(rng: np.random.Generator, n: int) -> str:
+    """n random words of WORDS."""
     return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), n))
 
 
@@ -73,20 +74,3 @@ def write_source(root: str | Path, name: str, n: int, image_fraction: float = 1.
     path = root / f"{name}.{'jsonl' if jsonl else 'json'}"
     path.write_text("".join(json.dumps(r) + "\n" for r in records) if jsonl else json.dumps(records))
     return path, root
-
-
-def tiny_tokenizer(out_dir: str | Path) -> Any:
-    """A Llama-like BPE over the synthetic words and the Vicuna template's strings (trained in ~0.1 s)."""
-    from lmm.world.tiny import VICUNA_SYSTEM, build_tokenizer
-
-    texts = [" ".join(WORDS)] * 4 + [VICUNA_SYSTEM, "USER:", "ASSISTANT:", "\n", SHORT_ANSWER]
-    return build_tokenizer(texts, Path(out_dir), vocab_size=256)
-
-
-def data_kit(out_dir: str | Path, image_size: int = 32) -> dict[str, Any]:
-    """Tokenizer, stage-2 template and image transform for building a LlavaDataModule without a model."""
-    from lmm.data.images import ImageTransform
-    from lmm.data.templates import VicunaV1Template
-
-    return {"tokenizer": tiny_tokenizer(out_dir), "template": VicunaV1Template(),
-            "image_transform": ImageTransform(image_size)}

@@ -1,4 +1,4 @@
-"""The converter: a LLaVA-format file + image folder, validated, into a store of litdata parts (lmm.data.store).
+"""The converter: a LLaVA-format file + image folder, validated, into a store (lmm.data.sources.store).
 
 Why a converter of lmm's own on top of litdata's writer: every record must be validated (structure, placeholders,
 image path inside the root, image readable) with strict errors or counted rejects, the 1 GB JSON streamed rather
@@ -15,14 +15,12 @@ import io
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from lmm.constants import VERIFY_IMAGES
-from lmm.data.images import ImageError
 from lmm.data.records import (
     Record,
     RecordError,
@@ -34,7 +32,8 @@ from lmm.data.records import (
     resolve_image_path,
 )
 from lmm.data.rejects import ON_ERROR, RejectLog, SampleError, reason_kind
-from lmm.data.store import FORMAT, FORMAT_VERSION, PartWriter, drop_part_meta, join_parts
+from lmm.data.sources.store import FORMAT, FORMAT_VERSION, PartWriter, drop_part_meta, join_parts
+from lmm.log import log
 
 VERIFY = VERIFY_IMAGES
 
@@ -56,10 +55,10 @@ def default_store_dir(cache_dir: str | os.PathLike, name: str, records: str | os
     return Path(cache_dir) / f"{name}-{key[:12]}"
 
 
-def check_image(data: bytes, verify: str) -> None:
-    """Raise ImageError if the bytes are not a readable image ("header": identify only; "decode": full decode)."""
+def image_problem(data: bytes, verify: str) -> str | None:
+    """Why the bytes are not a readable image, or None ("header": identify only; "decode": full decode; "none")."""
     if verify == "none":
-        return
+        return None
     from PIL import Image
 
     try:
@@ -67,7 +66,8 @@ def check_image(data: bytes, verify: str) -> None:
             if verify == "decode":
                 img.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image: {e}") from e
+        return f"cannot read image: {e}"
+    return None
 
 
 @contextlib.contextmanager
@@ -83,6 +83,7 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def is_converted(out_dir: str | os.PathLike) -> bool:
+    """Whether a conversion into `out_dir` finished (index.json is written last)."""
     return (Path(out_dir) / "index.json").exists()
 
 
@@ -90,7 +91,7 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
             name: str | None = None, on_error: str = "error", verify_images: str = "header",
             part_samples: int = 8192, chunk_bytes: int = 64 << 20, progress: bool = True,
             on_part: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Convert a LLaVA-format file (JSON list or JSONL, streamed) and its image folder into litdata parts.
+    """Convert a LLaVA-format file (JSON list or JSONL, streamed) and its image folder into a store.
 
     Every record is validated (conversation structure, exactly one <image> for image records and none otherwise,
     an image path inside the image root, an image file that exists and opens). `on_error="error"` raises a
@@ -117,6 +118,10 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
             index = json.loads((out / "index.json").read_text())
             if index.get("source") == fingerprint:
                 return index
+            if index.get("version") != FORMAT_VERSION:
+                raise RecordError(f"{out} holds a store made by another version of lmm (store format "
+                                  f"v{index.get('version')}, this lmm writes v{FORMAT_VERSION}); remove the folder to "
+                                  "convert the source again")
             raise RecordError(f"{out} holds a conversion of {index.get('source', {}).get('records')} "
                               f"({index.get('source')}), not of {fingerprint}; remove it or choose another folder")
         out.mkdir(parents=True, exist_ok=True)
@@ -190,8 +195,8 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
         (out / "progress.json").unlink(missing_ok=True)
         drop_part_meta(out, state["parts"])
         if state["repaired"]:
-            _note(f"{out}: {state['repaired']} records were repaired, not rejected ({state['repair_reasons']}); see "
-                  f"{out / 'repairs.jsonl'}")
+            log.info(f"{out}: {state['repaired']} records were repaired, not rejected ({state['repair_reasons']}); "
+                     f"see {out / 'repairs.jsonl'}")
         return index
 
 
@@ -211,10 +216,10 @@ def _resume_state(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
             what = ", ".join("the input file (path, size or modification time)" if k == "source" else
                              f"{k} {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
             why = f"made with other settings ({what})" if changed else f"its finished parts {lost} are missing"
-            _note(f"{out}: an interrupted conversion was found, {why}; its {len(previous.get('parts', []))} "
-                  "finished part(s) are discarded and the conversion starts afresh")
-    for log, kept in (("rejects.jsonl", state["rejected"]), ("repairs.jsonl", state["repaired"])):
-        path = out / log
+            log.warning(f"{out}: an interrupted conversion was found, {why}; its {len(previous.get('parts', []))} "
+                        "finished part(s) are discarded and the conversion starts afresh")
+    for name, kept in (("rejects.jsonl", state["rejected"]), ("repairs.jsonl", state["repaired"])):
+        path = out / name
         if state["consumed"] and path.exists():
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
             path.write_text("".join(lines[:kept]), encoding="utf-8")
@@ -225,10 +230,6 @@ def _resume_state(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         if stale.name not in done:
             shutil.rmtree(stale)
     return state
-
-
-def _note(msg: str) -> None:
-    print(f"[lmm] {msg}", file=sys.stderr, flush=True)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
@@ -263,8 +264,7 @@ def _load_record(raw: Any, records: Path, index: int, root: Path,
         raise SampleError(where, rec.id, f"image file not found: {path}", "missing image") from e
     except OSError as e:
         raise SampleError(where, rec.id, f"cannot read image {path}: {e}", "missing image") from e
-    try:
-        check_image(data, verify)
-    except ImageError as e:
-        raise SampleError(where, rec.id, f"{path}: {e}", "corrupt image") from e
+    problem = image_problem(data, verify)
+    if problem is not None:
+        raise SampleError(where, rec.id, f"{path}: {problem}", "corrupt image")
     return rec, data, fixes

@@ -1,16 +1,12 @@
-"""Tiny backbones of the real architectures (CLIP vision tower, Llama LM, Llama-like tokenizer), built on the machine.
+"""The tiny world's zoo: small backbones of the real architectures (CLIP and SigLIP vision towers, Llama LMs) and a
+Llama-like tokenizer, randomly initialised and written with `save_pretrained`.
 
-They are written with `save_pretrained` and read back by the same `from_pretrained` calls that load the paper's
-checkpoints, so the tiny preset exercises the paper-scale loading path. Everything is built once into a cache folder
-(atomically, so parallel sweep jobs can race for it safely) and reused.
+They are read back by the same `from_pretrained` calls that load the paper's checkpoints, so the tiny preset runs
+the paper-scale loading path (conf/world/tiny.yaml says where each one is; lmm.world.build builds them).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,13 +22,8 @@ from transformers import (
     SiglipVisionConfig,
     SiglipVisionModel,
 )
-from transformers.utils import logging as hf_logging
 
 from lmm.data.images import CLIP_MEAN, CLIP_STD
-from lmm.data.templates import VICUNA_V1_SYSTEM as VICUNA_SYSTEM
-from lmm.world import scenes
-
-BUILD_VERSION = 2  # bump when what is built changes, so stale caches are rebuilt
 
 
 def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
@@ -91,42 +82,3 @@ def build_llm(out_dir: Path, tokenizer: PreTrainedTokenizerFast, hidden_size: in
                          tie_word_embeddings=False)
     LlamaForCausalLM(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-
-
-def _build(root: Path, num_align: int, num_instruct: int, num_eval: int, seed: int) -> None:
-    hf_logging.disable_progress_bar()
-    texts = scenes.corpus(seed) + [VICUNA_SYSTEM, "USER:", "ASSISTANT:", "\n", scenes.SHORT_ANSWER]
-    tokenizer = build_tokenizer(texts, root / "tokenizer")
-    build_llm(root / "llama-tiny", tokenizer, seed=seed)  # stands in for Vicuna-7B
-    build_llm(root / "llama-tiny-large", tokenizer, hidden_size=192, num_layers=6, seed=seed)  # for Vicuna-13B
-    build_vision_tower(root / "clip-tiny-res224", image_size=32, seed=seed)
-    build_vision_tower(root / "clip-tiny-res336", image_size=48, seed=seed)
-    build_siglip_tower(root / "siglip-tiny-res224", image_size=32, seed=seed)
-    build_siglip_tower(root / "siglip-tiny-res336", image_size=48, seed=seed)
-    scenes.build_dataset(root / "data", num_align, num_instruct, num_eval, seed)
-
-
-def ensure_tiny_world(root: str, num_align: int = 4000, num_instruct: int = 4000, num_eval: int = 200,
-                      seed: int = 0) -> Path:
-    """Build the tiny backbones and data under `root` unless an identical build is already there."""
-    root_path = Path(root)
-    spec = {"version": BUILD_VERSION, "num_align": num_align, "num_instruct": num_instruct, "num_eval": num_eval,
-            "seed": seed}
-    stamp = root_path / "BUILT.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == spec:
-        return root_path
-    root_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root_path.parent))
-    try:
-        print(f"[lmm] building the tiny world (backbones + data) into {root_path} ...", flush=True)
-        _build(tmp, num_align, num_instruct, num_eval, seed)
-        (tmp / "BUILT.json").write_text(json.dumps(spec))
-        if stamp.exists() and json.loads(stamp.read_text()) == spec:  # another process won the race
-            return root_path
-        if root_path.exists():
-            shutil.rmtree(root_path)
-        os.replace(tmp, root_path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root_path

@@ -34,7 +34,7 @@ class DataAccounting(L.Callback):
                  max_reject_fraction: float | None = None, min_samples_for_check: int = 200,
                  conversion_repairs: Mapping[str, Mapping[str, int]] | None = None) -> None:
         self.stage, self.every = stage, max(1, int(log_every_n_steps))
-        # None: the trainer's datamodule's `max_reject_fraction` (LlavaDataModule: 0.05), if it has one
+        # None: the trainer's datamodule's `max_reject_fraction` (LlavaDataModule: its policy's), if it has one
         self.max_reject_fraction, self.min_samples_for_check = max_reject_fraction, min_samples_for_check
         self.sources = list(sources) if sources is not None else None
         # per source, per reason: records its conversion skipped (default: asked of the trainer's datamodule)
@@ -122,7 +122,7 @@ class DataAccounting(L.Callback):
             raise RuntimeError(f"{self.stage}: {int(rejected)} of {int(rejected + seen)} samples were rejected while "
                                f"loading ({fraction:.1%} > max_reject_fraction={self.max_reject_fraction}); their "
                                "reasons are in the stage folder's rejects.jsonl. Fix the data or template, or raise "
-                               f"data.{self.stage}.max_reject_fraction")
+                               f"data.{self.stage}.policy.max_reject_fraction")
 
     def metrics(self) -> dict[str, float]:
         """The cumulative counts as metric names and values (what is logged; also handy for summaries)."""

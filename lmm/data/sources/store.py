@@ -1,21 +1,23 @@
-"""A converted source: its samples in litdata datasets ("parts"), lmm's index and per-sample metadata beside them.
+"""A store: one converted source, its samples in litdata datasets ("parts"), lmm's index and per-sample metadata.
 
-Why litdata (measurements in experiments/data_pipeline.md): it is the Lightning ecosystem's streaming format and
-reads local folders or object storage with its own download code, and its StreamingDataset gives random access by
-index, which is all lmm asks of it. The order, the weighting, the rank and worker sharding and the exact resume stay
-lmm's (lmm.data.mixture): litdata's combined dataset does not resume exactly with 2 workers, and LLaVA's
-single-modality batches need a sampler that sees every sample's modality and length up front. Why parts: each is
-written into a temporary folder and renamed when litdata is done with it, so an interrupted conversion resumes
-after its last finished part. Layout of a converted source:
+lmm's one word for a converted source is "store" (the `store:` key of a source, StoreReader, `cache_dir` of
+StoreArgs); a store is made of parts, each a litdata dataset of chunk files. Why litdata (measurements in
+experiments/data_pipeline.md): it is the Lightning ecosystem's streaming format and reads local folders or object
+storage with its own download code, and its StreamingDataset gives random access by index, which is all lmm asks of
+it. The order, the weighting, the rank and worker sharding and the exact resume stay lmm's (lmm.data.mixture):
+litdata's combined dataset does not resume exactly with 2 workers, and LLaVA's single-modality batches need a sampler
+that sees every sample's modality and length up front. Why parts: each is written into a temporary folder and
+renamed when litdata is done with it, so an interrupted conversion resumes after its last finished part. Layout:
 
     index.json       lmm's: format, parts, counts, rejects, source fingerprint (written last: the conversion finished)
     meta.npy         per sample: part, word count (LLaVA's length proxy), has_image (the plan reads no samples)
     part-00000/      a litdata dataset (its own index.json + chunk-*.bin) of up to `part_samples` samples, each
                      {"record": record JSON (id, image, conversations), "image": image bytes, b"" if text-only}
     rejects.jsonl    records the conversion skipped (lenient mode), one JSON line each with its reason
+    repairs.jsonl    records the conversion repaired and kept (lmm.data.records.repair_record), one line each
     progress.json    while converting: the finished parts, so an interrupted conversion resumes
 
-A folder is read where it is, or from a URL that litdata streams (s3://, gs://, azure://, r2://, or `local:/path`
+A store is read where it is, or from a URL that litdata streams (s3://, gs://, azure://, r2://, or `local:/path`
 for a folder read as if remote): lmm's small files and litdata's chunk indexes are copied into a local cache,
 samples are read by byte range (s3, gs) or from chunk files copied into that cache (azure, local:).
 """
@@ -44,15 +46,20 @@ except ModuleNotFoundError as e:  # pragma: no cover - an install that skipped t
                               "for torchvision): pip install --no-deps litdata==0.2.76 (see the README)") from e
 
 from lmm.data.records import Record, parse_record
+from lmm.log import log
 
 FORMAT = "lmm-litdata"
-FORMAT_VERSION = 2  # 1 was lmm's own shard format (before litdata)
+# Part of every store's cache key (lmm.data.sources.convert.source_fingerprint) and checked by StoreReader: bump it
+# when what a conversion keeps changes, so stores made before are rebuilt. 1: lmm's own format (before litdata);
+# 2: litdata parts; 3: a record whose first turn is not from human is repaired and kept (2 rejected it).
+FORMAT_VERSION = 3
 META_DTYPE = np.dtype([("part", "<u4"), ("words", "<i4"), ("has_image", "?")])
 CACHE_RACE_SECONDS = 120.0  # how long a worker waits for a chunk that another worker is downloading
 REMOTE_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "local:")  # what litdata 0.2.76 streams for this format
 
 
 def part_name(k: int) -> str:
+    """The folder of part k inside a store."""
     return f"part-{k:05d}"
 
 
@@ -70,6 +77,7 @@ def encode_sample(rec: Record, image: bytes | None) -> dict[str, Any]:
 
 
 def decode_sample(sample: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+    """The raw record dict and the image bytes (None for text-only) of a sample as litdata returns it."""
     raw = json.loads(sample["record"])
     return raw, bytes(sample["image"]) if raw.get("image") is not None else None
 
@@ -153,7 +161,7 @@ class StoreReader:
             self.local = Path(self.location.removeprefix("file://"))
         self.index = self._load_index()
         if self.index.get("format") != FORMAT or self.index.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{self.location}: not an {FORMAT} v{FORMAT_VERSION} folder (found "
+            raise ValueError(f"{self.location}: not an {FORMAT} v{FORMAT_VERSION} store (found "
                              f"{self.index.get('format')} v{self.index.get('version')}); convert the source again")
         self.meta = self._load_meta()
         counts = [p["num_samples"] for p in self.index["parts"]]
@@ -222,7 +230,7 @@ class StoreReader:
             try:
                 self._download("rejects.jsonl", path)
             except Exception as e:  # the caller reports the missing file; say why it is missing
-                print(f"[lmm] {self.location}: could not copy rejects.jsonl ({type(e).__name__}: {e})", flush=True)
+                log.warning(f"{self.location}: could not copy rejects.jsonl ({type(e).__name__}: {e})")
         return path
 
     def _part(self, k: int) -> Any:

@@ -1,0 +1,45 @@
+"""The data tests' kit: a tiny tokenizer, a template and an image transform, to build a LlavaDataModule without a model
+(their sources are lmm.world.noise's)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lmm.data.formats import SHORT_ANSWER
+from lmm.data.images import ImageTransform
+from lmm.data.templates import VICUNA_V1_SYSTEM, VicunaV1Template
+from lmm.world.noise import WORDS
+from lmm.world.zoo import build_tokenizer
+
+
+def tiny_tokenizer(out_dir: str | Path) -> Any:
+    """A Llama-like BPE over the noise sources' words and the Vicuna template's strings (trained in ~0.1 s)."""
+    texts = [" ".join(WORDS)] * 4 + [VICUNA_V1_SYSTEM, "USER:", "ASSISTANT:", "\n", SHORT_ANSWER]
+    return build_tokenizer(texts, Path(out_dir), vocab_size=256)
+
+
+def data_kit(out_dir: str | Path, image_size: int = 32) -> dict[str, Any]:
+    """Tokenizer, stage-2 template and image transform for building a LlavaDataModule without a model."""
+    return {"tokenizer": tiny_tokenizer(out_dir), "template": VicunaV1Template(),
+            "image_transform": ImageTransform(image_size)}
+
+
+@contextlib.contextmanager
+def lmm_messages() -> Iterator[list[str]]:
+    """The messages lmm's logger (lmm.log) writes while the block runs, whatever their level."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger, handler = logging.getLogger("lmm"), Collect()
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
