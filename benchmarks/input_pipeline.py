@@ -108,7 +108,7 @@ def train_step_rate(world: Path, batches: list[dict[str, Any]]) -> dict[str, flo
     from hydra import compose, initialize_config_dir
 
     from lmm.config import register_resolvers
-    from lmm.pipeline import build_model
+    from lmm.train.stage import build_model
 
     register_resolvers()
     conf = Path(__file__).resolve().parents[1] / "conf"

@@ -47,3 +47,29 @@ def _logger() -> logging.Logger:
 
 
 log = _logger()
+
+
+# Lines other libraries print on every run that tell an lmm user nothing; each is dropped where it is emitted, by
+# its exact text, so that any other message of the same libraries (a real warning) still shows.
+_LIGHTNING_CHATTER = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "`Trainer.fit` stopped:")
+_WARNINGS_SAID_NOTHING = (
+    r"Found \d+ module\(s\) in eval mode",  # the frozen encoder is in eval mode on purpose (dropout off)
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # torch's pytree API as Lightning 2.6 calls it
+)
+
+
+class _DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_LIGHTNING_CHATTER)
+
+
+def quiet_third_party() -> None:
+    """Silence the third-party lines that say nothing to a user of lmm (idempotent)."""
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropChatter) for f in target.filters):
+            target.addFilter(_DropChatter())
+    for pattern in _WARNINGS_SAID_NOTHING:
+        warnings.filterwarnings("ignore", message=pattern)

@@ -13,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from lmm.config import ConfigError, register_resolvers, validate
-from lmm.pipeline import micro_batching
+from lmm.train.stage import micro_batching
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_resolvers()

@@ -263,7 +263,7 @@ def _grad_worker(mode: str, out: str) -> None:
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False)
     trainer.fit(module, datamodule=PerRank())
-    from lmm.pipeline import close_process_group
+    from lmm.train.stage import close_process_group
 
     close_process_group()
 

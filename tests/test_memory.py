@@ -220,17 +220,17 @@ def test_trainer_config_without_the_check_resolves_and_builds():
 
 # ------------------------------------------------------------------------------------------------- the pipeline
 def test_pipeline_refuses_before_loading_anything(paper, tmp_path, monkeypatch):
-    import lmm.pipeline as pipeline
+    import lmm.train.stage as stage
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was built before the memory check")
 
-    monkeypatch.setattr(pipeline, "build_model", no_loading)
-    monkeypatch.setattr(pipeline, "instantiate", no_loading)  # nor the tokenizer, the Trainer or the data
+    monkeypatch.setattr(stage, "build_model", no_loading)
+    monkeypatch.setattr(stage, "instantiate", no_loading)  # nor the tokenizer, the Trainer or the data
     cfg = cfg_of(*paper, "trainer=ddp", "trainer.devices=8", "trainer.memory_check.device_memory_gb=80",
                  f"paths.output_dir={tmp_path}")
     with pytest.raises(DoesNotFit, match="trainer=fsdp"):
-        pipeline.train_stage(cfg, "instruct", tmp_path / "instruct", tmp_path, None)
+        stage.train_stage(cfg, "instruct", tmp_path / "instruct", tmp_path, None)
 
 
 def test_run_py_exits_with_the_refusal(paper, tmp_path):
