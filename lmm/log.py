@@ -34,10 +34,22 @@ class _GlobalZero(logging.Filter):
         return is_global_zero()
 
 
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a line is logged (redirections and pytest's capture included)."""
+
+    @property
+    def stream(self):  # noqa: ANN201
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def _logger() -> logging.Logger:
     logger = logging.getLogger("lmm")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _Stdout()
         handler.setFormatter(_Format())
         handler.addFilter(_GlobalZero())
         logger.addHandler(handler)
