@@ -25,9 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmm.constants import IMAGE_TOKEN_INDEX  # noqa: E402
-from lmm.data.images import ImageTransform  # noqa: E402
 from lmm.data.templates import VicunaV1Template  # noqa: E402
-from lmm.eval.benchmarks import GQA, MMVet, Question  # noqa: E402
 from lmm.eval.inference import (  # noqa: E402
     Decoding,
     EvalModule,
@@ -36,11 +34,13 @@ from lmm.eval.inference import (  # noqa: E402
     make_loader,
     predict_answers,
 )
+from lmm.eval.tasks import GQA, MMVet, Question  # noqa: E402
+from lmm.model.preprocess import ImageTransform  # noqa: E402
 
 
 def load_model(args: argparse.Namespace, world: Path):
     if args.checkpoint:
-        from lmm.eval.runner import load_checkpoint
+        from lmm.model.io import load_checkpoint
 
         loaded = load_checkpoint(args.checkpoint)
         return loaded.model.eval(), loaded.tokenizer, loaded.image_processor  # the checkpoint's preprocessing
@@ -90,10 +90,10 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from lmm.export import export_hf_llava
-    from lmm.world.tiny import ensure_tiny_world
+    from lmm.world.build import ensure_world
 
     hf_logging.set_verbosity_error()
-    world = ensure_tiny_world(str(Path(args.cache) / "tiny-world"))
+    world = ensure_world(str(Path(args.cache) / "tiny-world"))
     bench_dir = world / "data" / "eval"
     model, tokenizer, transform = load_model(args, world)
     template = VicunaV1Template()

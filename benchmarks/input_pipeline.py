@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lmm.data.args import LoaderArgs, StoreArgs  # noqa: E402
 from lmm.data.datamodule import LlavaDataModule  # noqa: E402
 from lmm.data.dataset import collate, padding_fraction  # noqa: E402
-from lmm.data.images import ImageTransform  # noqa: E402
 from lmm.data.records import iter_raw_records, parse_record  # noqa: E402
 from lmm.data.templates import VicunaV1Template  # noqa: E402
+from lmm.model.preprocess import ImageTransform  # noqa: E402
 
 
 def timed_epoch(loader: Any, limit: int | None = None) -> dict[str, float]:
@@ -73,7 +73,7 @@ class NaiveDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         from PIL import Image
 
-        from lmm.data.images import expand_to_square
+        from lmm.model.preprocess import expand_to_square
 
         rec = parse_record(self.items[i], "naive", i)
         enc = self.template.encode(rec.conversations, self.tokenizer, has_image=rec.image is not None)

@@ -1,7 +1,7 @@
-"""Conversion between lmm's LlavaModel and Hugging Face `LlavaForConditionalGeneration` folders (spec §7).
+"""Export of an lmm LlavaModel as a Hugging Face `LlavaForConditionalGeneration` folder (spec §7).
 
-Why both directions: exporting lets the trained model run wherever transformers runs (and lets the parity tests prove
-that lmm computes what HF computes); importing lets lmm evaluate or fine-tune released llava-hf checkpoints.
+Why: the trained model then runs wherever transformers runs, with its tokenizer, chat template and image processor.
+The other direction (reading HF Llava checkpoints) is lmm.model.io.from_hf_llava, which shares the key layouts.
 
 Usage: `python -m lmm.export <lmm model folder (with lmm_model.json)> <out_dir> [--image-processor SRC]`.
 """
@@ -20,175 +20,20 @@ from huggingface_hub import save_torch_state_dict
 from tokenizers import AddedToken
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoImageProcessor,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoTokenizer,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaImageProcessorPil,
     LlavaProcessor,
-    PretrainedConfig,
 )
 
 from lmm.constants import IMAGE_PLACEHOLDER
-from lmm.data.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from lmm.data.templates import VicunaV1Template
-from lmm.model.connector import Connector, LinearConnector, MLPConnector
-from lmm.model.encoder import VisionEncoder
-from lmm.model.io import image_processor_config
+from lmm.model.connector import LinearConnector, MLPConnector
+from lmm.model.io import LEGACY_LLAVA_LAYOUT, LLAVA_LAYOUT, NESTED_TOWERS
 from lmm.model.llava import LlavaModel
-
-# Prefixes of a LlavaForConditionalGeneration state dict: (vision tower, projector, language model body, lm_head).
-_NEW_LAYOUT = ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.", "lm_head.")
-_LEGACY_LAYOUT = ("vision_tower.", "multi_modal_projector.", "language_model.model.", "language_model.lm_head.")
-
-_STRATEGY_TO_FEATURE = {"default": "patch", "full": "cls_patch"}
-_NESTED_TOWERS = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")  # 4.x nests them in vision_model.
-
-
-# ---- HF → lmm ------------------------------------------------------------------------------------------------------
-
-
-def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of an HF checkpoint folder (single file or shards, safetensors or legacy .bin)."""
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    if not files:
-        raise FileNotFoundError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)) if f.suffix == ".safetensors" else
-                     torch.load(f, map_location="cpu", weights_only=True))
-    return state
-
-
-def split_llava_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], ...]:
-    """Split a Llava state dict (new or legacy key layout) into (vision tower, projector, LM body, lm_head) parts.
-
-    The returned keys are relative to each part, e.g. `vision_model.encoder...`, `linear_1.weight`, `layers.0...`,
-    `weight`. Both layouts exist in the wild (spec §7.2), so a checkpoint of either kind is accepted.
-    """
-    layout = _NEW_LAYOUT if any(k.startswith(_NEW_LAYOUT[0]) for k in state) else _LEGACY_LAYOUT
-    parts: tuple[dict[str, torch.Tensor], ...] = ({}, {}, {}, {})
-    for key, value in state.items():
-        for prefix, part in zip(layout, parts, strict=True):
-            if key.startswith(prefix):
-                part[key[len(prefix):]] = value
-                break
-    if not parts[0] or not parts[1] or not parts[2]:
-        raise ValueError("not a Llava state dict: vision tower, projector or language model weights are missing")
-    return parts
-
-
-def _build(factory: Any, config: PretrainedConfig, dtype: torch.dtype, attn_implementation: str | None) -> nn.Module:
-    attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    return factory.from_config(config, dtype=dtype, **attn)
-
-
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{what}: missing keys {missing[:5]}..., unexpected keys {unexpected[:5]}... "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected)")
-
-
-def _connector_from_projector(config: LlavaConfig, proj: dict[str, torch.Tensor], in_dim: int,
-                              out_dim: int) -> Connector:
-    """HF projector weights → MLPConnector (gelu), or LinearConnector (act "linear" with an identity linear_2)."""
-    if not config.multimodal_projector_bias:
-        raise NotImplementedError("a projector without biases has no lmm connector")
-    act = config.projector_hidden_act
-    if act == "gelu":
-        connector: Connector = MLPConnector(in_dim, out_dim, depth=2)
-        connector.proj.load_state_dict({"0.weight": proj["linear_1.weight"], "0.bias": proj["linear_1.bias"],
-                                        "2.weight": proj["linear_2.weight"], "2.bias": proj["linear_2.bias"]})
-        return connector
-    if act == "linear":
-        w2, b2 = proj["linear_2.weight"], proj["linear_2.bias"]
-        if torch.equal(w2, torch.eye(out_dim, dtype=w2.dtype)) and not b2.any():
-            connector = LinearConnector(in_dim, out_dim)
-            connector.proj.load_state_dict({"weight": proj["linear_1.weight"], "bias": proj["linear_1.bias"]})
-            return connector
-        raise NotImplementedError("projector_hidden_act 'linear' with a non-identity linear_2 has no exact lmm "
-                                  "connector (folding the two layers would not be bit-exact)")
-    raise NotImplementedError(f"projector_hidden_act {act!r}: lmm's connectors use exact GELU or none")
-
-
-def _load_tokenizer(folder: Path) -> Any:
-    """The checkpoint's tokenizer with lmm's conventions (right padding, a pad token), or None if it has none."""
-    if not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        return None
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
-    return tokenizer
-
-
-def from_hf_llava(path_or_model: str | Path | LlavaForConditionalGeneration, max_length: int = 2048,
-                  attn_implementation: str | None = None) -> tuple[LlavaModel, Any]:
-    """Load an HF Llava (a folder or an instance) as an lmm LlavaModel; returns (model, tokenizer or None).
-
-    The LLM keeps its full vocabulary, the HF image token's rows included (lmm never feeds that id: its
-    placeholder is IMAGE_TOKEN_INDEX). Weights are copied, so the lmm model never aliases an HF instance.
-    """
-    tokenizer = None
-    if isinstance(path_or_model, LlavaForConditionalGeneration):
-        config = path_or_model.config
-        state = path_or_model.state_dict()
-    else:
-        folder = Path(path_or_model)
-        config = AutoConfig.from_pretrained(str(folder))
-        if not isinstance(config, LlavaConfig):
-            raise ValueError(f"{folder} holds a {type(config).__name__}, not a LlavaConfig")
-        state = _read_state_dict(folder)
-        tokenizer = _load_tokenizer(folder)
-    vision_state, proj_state, lm_state, head_state = split_llava_state(state)
-
-    layer = config.vision_feature_layer
-    if not isinstance(layer, int):
-        raise NotImplementedError(f"vision_feature_layer={layer!r}: lmm's encoder selects one layer")
-    strategy = config.vision_feature_select_strategy
-    if strategy not in _STRATEGY_TO_FEATURE:
-        raise NotImplementedError(f"vision_feature_select_strategy {strategy!r}")
-    dtype = next(v.dtype for v in lm_state.values() if v.is_floating_point())
-    vision_attn = attn_implementation or getattr(config.vision_config, "_attn_implementation", None)
-    text_attn = attn_implementation or getattr(config.text_config, "_attn_implementation", None)
-
-    tower = _build(AutoModel, config.vision_config, dtype, vision_attn)
-    if not hasattr(tower, "vision_model"):  # a transformers-4 name (`vision_model.embeddings...`) on a flat tower
-        vision_state = {k.removeprefix("vision_model."): v for k, v in vision_state.items()}
-    _load_strict(tower, vision_state, "vision tower")
-    encoder = VisionEncoder(tower, select_layer=layer, select_feature=_STRATEGY_TO_FEATURE[strategy])
-    if strategy == "default" and not encoder.has_cls_token:
-        raise NotImplementedError("strategy 'default' drops the first token, but this tower has no CLS token")
-
-    text_config = copy.deepcopy(config.text_config)
-    tied = bool(config.tie_word_embeddings or getattr(text_config, "tie_word_embeddings", False))
-    text_config.tie_word_embeddings = tied
-    llm = _build(AutoModelForCausalLM, text_config, dtype, text_attn)
-    llm_state = {f"{llm.base_model_prefix}.{k}": v for k, v in lm_state.items()}
-    head_name = next(n for n, m in llm.named_modules() if m is llm.get_output_embeddings())
-    if not head_state and tied:
-        head_state = {"weight": lm_state["embed_tokens.weight"]}
-    llm_state.update({f"{head_name}.{k}": v for k, v in head_state.items()})
-    _load_strict(llm, llm_state, "language model")
-    llm.config.use_cache = False  # lmm's training default; generate turns the cache on
-    if llm.generation_config.pad_token_id is None and getattr(config, "pad_token_id", None) is not None:
-        llm.generation_config.pad_token_id = config.pad_token_id  # llava-hf keeps the pad id on the outer config
-
-    connector = _connector_from_projector(config, proj_state, encoder.hidden_size, text_config.hidden_size)
-    connector.to(dtype)
-    model = LlavaModel(encoder, connector, llm, max_length=max_length)
-    if model.num_visual_tokens != config.image_seq_length:
-        # Not fatal: HF counts the image tokens in input_ids, image_seq_length only informs processors.
-        warnings.warn(f"image_seq_length={config.image_seq_length} but the model emits {model.num_visual_tokens} "
-                      "visual tokens", stacklevel=2)
-    return model, tokenizer
-
+from lmm.model.llm import persisted_flags
+from lmm.model.preprocess import ImageTransform
 
 # ---- lmm → HF ------------------------------------------------------------------------------------------------------
 
@@ -237,8 +82,9 @@ def vicuna_v1_chat_template(eos_token: str, template: VicunaV1Template | None = 
 
 def _legacy_state(state: dict[str, torch.Tensor], tower: nn.Module) -> dict[str, torch.Tensor]:
     """New-layout keys → the transformers-4 names (spec §7.2, §7.3), which transformers 5 renames on load too."""
-    nest = "vision_model." if tower.config.model_type in _NESTED_TOWERS and not hasattr(tower, "vision_model") else ""
-    renames = [*zip(_NEW_LAYOUT[1:], _LEGACY_LAYOUT[1:], strict=True), (_NEW_LAYOUT[0], _LEGACY_LAYOUT[0] + nest)]
+    nest = "vision_model." if tower.config.model_type in NESTED_TOWERS and not hasattr(tower, "vision_model") else ""
+    renames = [*zip(LLAVA_LAYOUT[1:], LEGACY_LLAVA_LAYOUT[1:], strict=True),
+               (LLAVA_LAYOUT[0], LEGACY_LLAVA_LAYOUT[0] + nest)]
     return {next(old + k[len(new):] for new, old in renames if k.startswith(new)): v for k, v in state.items()}
 
 
@@ -252,13 +98,10 @@ def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
 
 def _image_processor(source: Any, image_size: int, pad_to_square: bool) -> LlavaImageProcessorPil:
     """A LlavaImageProcessor (PIL backend) with the source's resize/crop/normalisation and LLaVA's square padding."""
-    if source is None:
-        settings: dict[str, Any] = {"size": {"shortest_edge": image_size},
-                                    "crop_size": {"height": image_size, "width": image_size},
-                                    "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "resample": 3}
-    elif isinstance(source, ImageTransform):  # e.g. load_checkpoint(...).image_processor
-        d = image_processor_config(source)
-        settings = {k: d[k] for k in ("size", "crop_size", "image_mean", "image_std", "resample", "rescale_factor")}
+    if isinstance(source, ImageTransform):  # the encoder's own preprocessing, e.g. load_checkpoint(...).image_processor
+        d = source.processor_config()
+        settings: dict[str, Any] = {k: d[k] for k in ("size", "crop_size", "image_mean", "image_std", "resample",
+                                                      "rescale_factor")}
     else:
         proc = source if hasattr(source, "to_dict") else AutoImageProcessor.from_pretrained(str(source))
         d = proc.to_dict()
@@ -277,11 +120,14 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
 
     `<image>` becomes a special token of a copy of the tokenizer (which pads on the left, for batched generation);
     the LLM's embedding and lm_head grow to cover it (new rows = mean row). `image_processor_source` (a folder/hub
-    id, an image-processor instance or an lmm ImageTransform) gives resize/normalisation settings; `pad_to_square`
-    turns on LLaVA-1.5's mean-colour padding (None: an ImageTransform source's own pad/crop, else pad). The weights
+    id, an image-processor instance or an lmm ImageTransform; None: the encoder's own, model.encoder.image_transform())
+    gives resize/normalisation settings; `pad_to_square` turns on LLaVA-1.5's mean-colour padding (None: an
+    ImageTransform source's own pad/crop, else pad). The tokenizer keeps its `legacy` flag. The weights
     carry the transformers-4 key names, which 4.x and 5 both load; `chat_template` (default: lmm's vicuna_v1 prompt,
     see vicuna_v1_chat_template) goes to the processor and tokenizer. The lmm model and tokenizer are not modified.
     """
+    if image_processor_source is None:
+        image_processor_source = model.encoder.image_transform()
     if pad_to_square is None:
         pad_to_square = getattr(image_processor_source, "aspect", "pad") == "pad"
     out = Path(out_dir)
@@ -361,7 +207,8 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
     processor.image_processor.save_pretrained(str(out))
     # transformers 4.4x reads the template from chat_template.json (processor) and tokenizer_config.json (tokenizer).
     (out / "chat_template.json").write_text(json.dumps({"chat_template": chat_template}, indent=2) + "\n")
-    tok_config = json.loads((out / "tokenizer_config.json").read_text()) | {"chat_template": chat_template}
+    tok_config = json.loads((out / "tokenizer_config.json").read_text()) | {"chat_template": chat_template} | \
+        persisted_flags(tok)
     if isinstance(tok_config.get("extra_special_tokens"), list):  # 4.5x wants a dict there (5 reads the old name)
         tok_config["additional_special_tokens"] = tok_config.pop("extra_special_tokens")
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")
@@ -369,7 +216,7 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
 
 
 def _main(argv: list[str] | None = None) -> None:
-    from lmm.model.io import load_image_transform, load_lmm_model
+    from lmm.model.io import load_lmm_model
 
     parser = argparse.ArgumentParser(prog="python -m lmm.export", description=__doc__.splitlines()[0])
     parser.add_argument("lmm_model", help="folder written by lmm.model.io.save_lmm_model (holds lmm_model.json)")
@@ -385,7 +232,7 @@ def _main(argv: list[str] | None = None) -> None:
 
     folder = Path(args.lmm_model)
     model, tokenizer = load_lmm_model(folder)
-    saved = load_image_transform(folder)
+    saved = model.encoder.image_transform()  # what the folder records: the preprocessing it was trained with
     source = args.image_processor or saved
     pad = not args.no_pad and saved.aspect == "pad"
     out = export_hf_llava(model, tokenizer, args.out_dir, image_processor_source=source,

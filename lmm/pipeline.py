@@ -30,8 +30,8 @@ from lmm.train.loggers import finish_wandb, make_loggers
 from lmm.train.stage import close_process_group, stage_lock, train_stage
 
 # everything an align stage depends on; `prepare` builds the tiny world its data and backbones come from
-ALIGN_KEYS = ["model.encoder", "model.connector", "model.llm", "model.max_length", "input", "data.align",
-              "stage.align", "seed", "trainer.precision", "sharding", "prepare"]
+ALIGN_KEYS = ["model.encoder", "model.connector", "model.llm", "model.tokenizer", "model.max_length", "input",
+              "data.align", "stage.align", "seed", "trainer.precision", "sharding", "prepare"]
 
 
 # ------------------------------------------------------------------------------------------------------ run folder
@@ -52,7 +52,8 @@ def write_meta(cfg: DictConfig, run_dir: Path) -> None:
 
 def eval_stage(cfg: DictConfig, run_dir: Path, checkpoint: str | Path) -> dict:
     """Evaluate a saved model (lmm run/model folder or Hugging Face Llava folder) on the suite `cfg.eval`."""
-    from lmm.eval.runner import evaluate, load_checkpoint
+    from lmm.eval.runner import evaluate
+    from lmm.model.io import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, dtype=OmegaConf.select(cfg, "eval.dtype"))  # loaded in it, not cast later
     loggers = [lg for lg in make_loggers(cfg, run_dir, "eval") if isinstance(lg, WandbLogger)]

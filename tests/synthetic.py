@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from lmm.data.formats import SHORT_ANSWER
-from lmm.data.images import ImageTransform
 from lmm.data.templates import VICUNA_V1_SYSTEM, VicunaV1Template
+from lmm.model.preprocess import ImageTransform
 from lmm.world.noise import WORDS
 from lmm.world.zoo import build_tokenizer
 

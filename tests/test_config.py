@@ -147,3 +147,19 @@ def test_micro_batching_is_derived_from_the_global_batch(global_batch, micro, wo
 def test_global_batch_must_divide_over_devices():
     with pytest.raises(ValueError, match="not divisible"):
         micro_batching(100, 16, 3)
+
+
+def test_callbacks_group_gives_each_stage_its_callbacks():
+    from lightning.pytorch.callbacks import LearningRateMonitor, Timer
+
+    from lmm.train.accounting import DataAccounting
+    from lmm.train.callbacks import Throughput
+    from lmm.train.stage import configured_callbacks
+
+    made = configured_callbacks(cfg_of(), "instruct", with_logger=True)
+    assert [type(c) for c in made] == [Throughput, DataAccounting, LearningRateMonitor]
+    assert made[0].stage == made[1].stage == "instruct" and made[0].every == 5  # trainer.log_every_n_steps
+    assert [type(c) for c in configured_callbacks(cfg_of(), "align", with_logger=False)] == [Throughput, DataAccounting]
+    changed = cfg_of("~callbacks.throughput", "+callbacks.timer._target_=lightning.pytorch.callbacks.Timer")
+    assert [type(c) for c in configured_callbacks(changed, "align", with_logger=True)] == \
+        [DataAccounting, LearningRateMonitor, Timer]

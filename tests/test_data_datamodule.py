@@ -18,8 +18,8 @@ from lmm.config import register_resolvers
 from lmm.data.args import LoaderArgs, MixtureArgs, StoreArgs
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.formats import SHORT_ANSWER
-from lmm.data.images import ImageTransform
 from lmm.data.templates import VicunaV1Template
+from lmm.model.preprocess import ImageTransform
 from lmm.train.callbacks import TrainedTally
 from tests.conftest import BatchConsumer
 

@@ -13,22 +13,21 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from lmm.config import register_resolvers
-from lmm.eval.benchmarks import (
+from lmm.data.formats import MULTIPLE_CHOICE, MULTIPLE_CHOICE_CN, SHORT_ANSWER
+from lmm.eval.files import BenchmarkFileError, read_answer_file, score_answer_file
+from lmm.eval.runner import build_benchmarks
+from lmm.eval.tasks import (
     GQA,
     MME,
-    OPTION_LETTER,
-    OPTION_LETTER_CN,
     POPE,
-    SHORT_ANSWER,
     MMBench,
     Question,
+    QuestionFileBenchmark,
     ScienceQA,
     TextVQA,
     VizWiz,
     VQAv2,
 )
-from lmm.eval.files import BenchmarkFileError
-from lmm.eval.runner import build_benchmarks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,10 +70,21 @@ def test_every_analog_loads_with_llava_prompts(benches):
         qs = bench.questions()
         assert qs and [q.uid for q in qs] == list(range(len(qs))), name
         assert all(q.reference is not None for q in qs), name
+    # the benchmarks read from a question file + one annotation file share their constructor and files()
+    for name, (question_file, annotation_file) in {
+            "gqa": ("llava_gqa_testdev_balanced.jsonl", "testdev_balanced_questions.json"),
+            "vizwiz": ("llava_val.jsonl", "val.json"), "seed": ("llava-seed-bench.jsonl", "SEED-Bench.json"),
+            "textvqa": ("llava_textvqa_val_v051_ocr.jsonl", "TextVQA_0.5.1_val.json"),
+            "mmvet": ("llava-mm-vet.jsonl", "mm-vet.json")}.items():
+        files = benches[name].files()
+        assert isinstance(benches[name], QuestionFileBenchmark) and set(files) == {"questions", "annotations"}, name
+        assert Path(files["questions"]).name == question_file, name
+        assert Path(files["annotations"]).name == annotation_file, name
+        assert Path(benches[name].image_root).is_dir(), name
     gqa = benches["gqa"].questions()[0]
     assert gqa.text.endswith("\n" + SHORT_ANSWER) and isinstance(gqa.question_id, str)
-    assert benches["mmbench"].questions()[0].text.endswith("\n" + OPTION_LETTER)
-    assert benches["mmbench_cn"].questions()[0].text.endswith("\n" + OPTION_LETTER_CN)
+    assert benches["mmbench"].questions()[0].text.endswith("\n" + MULTIPLE_CHOICE)
+    assert benches["mmbench_cn"].questions()[0].text.endswith("\n" + MULTIPLE_CHOICE_CN)
     vizwiz = benches["vizwiz"].questions()[0].text.split("\n")
     assert vizwiz[1].startswith("When the provided information is insufficient") and vizwiz[2] == SHORT_ANSWER
     sqa = benches["scienceqa"]
@@ -230,12 +240,12 @@ def test_textvqa_question_recovery_and_vizwiz_build(tiny_world):
     with pytest.raises(BenchmarkFileError, match="unexpected layout"):
         TextVQA.question_of("one line only", "f.jsonl:3")
     base = tiny_world / "tiny-world" / "data" / "eval"
-    built = VizWiz(base / "vizwiz" / "val", annotations=base / "vizwiz" / "val.json").questions()
-    from_file = VizWiz(base / "vizwiz" / "val", questions=base / "vizwiz" / "llava_val.jsonl",
-                       annotations=base / "vizwiz" / "val.json").questions()
+    built = VizWiz(image_root=base / "vizwiz" / "val", annotations=base / "vizwiz" / "val.json").questions()
+    from_file = VizWiz(base / "vizwiz" / "llava_val.jsonl", base / "vizwiz" / "val.json", base / "vizwiz" / "val"
+                       ).questions()
     assert [q.text for q in built] == [q.text for q in from_file]
     assert [q.reference for q in built] == [q.reference for q in from_file]
-    vqa = VQAv2(base / "vqav2" / "val2014", official_questions=base / "vqav2" /
+    vqa = VQAv2(image_root=base / "vqav2" / "val2014", official_questions=base / "vqav2" /
                 "v2_OpenEnded_mscoco_val2014_questions.json", image_pattern="COCO_val2014_{image_id:012d}.png")
     assert all(q.reference is None for q in vqa.questions())  # no annotations: test-dev style, upload only
     assert vqa.score(vqa.questions(), ["x"] * len(vqa.questions())).scores == {}
@@ -258,8 +268,6 @@ def test_paper_suites_point_at_llava_layout(tiny_world):
 
 def test_released_llava_pope_answers_reproduce_the_paper(pope_golden_dir):
     """The real LLaVA question file + POPE label files through the POPE loader give the paper's 13B F1s."""
-    from lmm.eval.benchmarks import score_answer_file
-
     golden = pope_golden_dir  # skipped without ../shared, failed under CI
     bench = POPE(golden / "llava_pope_test.jsonl", golden, golden / "val2014", check_images=False)
     assert len(bench.questions()) == 8910
@@ -270,8 +278,6 @@ def test_released_llava_pope_answers_reproduce_the_paper(pope_golden_dir):
 
 
 def test_answer_files_out_of_order_are_refused(benches, tmp_path):
-    from lmm.eval.benchmarks import read_answer_file
-
     bench = benches["gqa"]
     qs = bench.questions()
     rows = [bench.answer_record(q, "red", "m") for q in qs]
@@ -349,6 +355,7 @@ def test_benchmark_config_max_new_tokens(tiny_world, name):
     if name.startswith("tiny_"):
         parent = (ROOT / "conf" / "eval" / "benchmark" / f"{name}.yaml").read_text()
         assert f"  - {name[len('tiny_'):]}\n" in parent  # same loader and scorer as the real benchmark
+        assert "${world.eval}/" in parent and "tiny-world" not in parent  # the world's paths, written once
 
 
 def test_vqav2_scores_per_answer_and_question_type(benches):

@@ -10,9 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lmm.data.images import ImageTransform
 from lmm.data.templates import VicunaV1Template
-from lmm.eval.benchmarks import GQA, ScienceQA
 from lmm.eval.inference import (
     Decoding,
     EvalModule,
@@ -23,10 +21,12 @@ from lmm.eval.inference import (
     merge_answers,
     predict_answers,
 )
+from lmm.eval.tasks import GQA, ScienceQA
 from lmm.model.connector import MLPConnector
 from lmm.model.encoder import VisionEncoder
 from lmm.model.llava import LlavaModel
 from lmm.model.llm import load_llm, load_tokenizer
+from lmm.model.preprocess import ImageTransform
 
 
 def world_model(world: Path, seed: int = 0) -> tuple[LlavaModel, object, ImageTransform]:

@@ -13,14 +13,14 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from transformers import AutoImageProcessor
 
-from lmm.data.images import CLIP_MEAN
-from lmm.eval.runner import evaluate, load_checkpoint
+from lmm.eval.runner import RESULTS_VERSION, evaluate
 from lmm.export import export_hf_llava
 from lmm.model.connector import MLPConnector
 from lmm.model.encoder import VisionEncoder
-from lmm.model.io import save_lmm_model
+from lmm.model.io import load_checkpoint, save_lmm_model
 from lmm.model.llava import LlavaModel
 from lmm.model.llm import load_llm, load_tokenizer
+from lmm.model.preprocess import CLIP_MEAN, ImageTransform
 from tests.test_eval_benchmarks import suite_config
 from tests.test_eval_inference import world_model
 
@@ -92,6 +92,7 @@ def test_evaluate_writes_answers_results_and_wandb(tiny_world, saved, tmp_path, 
     assert protocol["dtypes"] == {"encoder": "float32", "connector": "float32", "llm": "float32"}
     assert protocol["decoding"]["do_sample"] is False and protocol["decoding"]["num_beams"] == 1
     assert on_disk["versions"]["torch"] == torch.__version__
+    assert on_disk["versions"]["results_version"] == RESULTS_VERSION and on_disk["versions"]["git_commit"]
     assert "USER: <image>\n" in on_disk["benchmarks"]["tiny_gqa"]["prompt_example"]
     mmvet = on_disk["benchmarks"]["tiny_mmvet"]
     assert mmvet["judge"] == "RuleJudge" and mmvet["judge_runs"] == 1 and mmvet["judge_temperature"] is None
@@ -149,13 +150,13 @@ def test_eval_dtype_is_loaded_used_while_generating_and_recorded(tiny_world, sav
     fp16, every part generates in fp16 (the encoder too), results.json records the dtypes measured while generating,
     and RoPE's computed inv_freq stays fp32 as from_pretrained(dtype=float16) keeps it. fp16 runs on this CPU (slowly
     for big matrices, fine for the tiny model)."""
-    import lmm.eval.runner as runner
+    import lmm.model.io as io
     from lmm.pipeline import eval_stage
 
     seen = _spy_on_generate(monkeypatch)
     asked: list[str | None] = []
-    load = runner.load_checkpoint
-    monkeypatch.setattr(runner, "load_checkpoint", lambda path, dtype=None: asked.append(dtype) or load(path, dtype))
+    load = io.load_checkpoint
+    monkeypatch.setattr(io, "load_checkpoint", lambda path, dtype=None: asked.append(dtype) or load(path, dtype))
     cfg = small_suite(tiny_world, "eval.dtype=float16", "logger=none")
     with open_dict(cfg):
         cfg.eval.benchmarks = {k: cfg.eval.benchmarks[k] for k in ("tiny_gqa", "tiny_scienceqa")}
@@ -268,8 +269,17 @@ def test_saved_model_evaluates_with_its_own_resolution(tiny_world, tmp_path):
     assert results["protocol"]["image_size"] == 48 and results["protocol"]["image_aspect"] == "pad"
     assert results["protocol"]["image_preprocessing"]["crop_size"] == {"height": 48, "width": 48}
     assert results["benchmarks"]["tiny_gqa"]["num_questions"] == 3
+    # without image_processor: still the model's own (its encoder's folder), not the config's 32px encoder
+    results = evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path / "ev2", trainer_kwargs=CPU)
+    assert results["protocol"]["image_size"] == 48 and results["protocol"]["image_preprocessing"] == \
+        loaded.image_processor.processor_config()
+    with pytest.raises(ValueError, match="clip-tiny-res224 crops images to 32px, but the encoder it belongs to takes "
+                                         "48px"):  # the config's encoder, passed on purpose
+        evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path / "ev3", trainer_kwargs=CPU,
+                 image_processor=cfg.model.encoder.pretrained)
     with pytest.raises(ValueError, match="makes 32px images, but the model's encoder takes 48px"):
-        evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path / "ev2", trainer_kwargs=CPU)  # the config's encoder
+        evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path / "ev4", trainer_kwargs=CPU,
+                 image_processor=ImageTransform(32))
 
 
 def test_saved_preprocessing_comes_from_the_hub_processor_and_the_stage(tiny_world, tmp_path, monkeypatch):
@@ -308,7 +318,8 @@ def test_preprocessing_that_disagrees_with_the_encoder_is_refused(tiny_world, tm
     world = tiny_world / "tiny-world"
     model = _model_on(world / "clip-tiny-res336", world)
     wrong = OmegaConf.create({"model": {"encoder": {"pretrained": str(world / "clip-tiny-res224")}}})
-    with pytest.raises(ValueError, match="crops to 32px, but the saved tower takes 48px"):
+    with pytest.raises(ValueError, match="clip-tiny-res224 crops images to 32px, but the encoder it belongs to "
+                                         "takes 48px"):
         save_lmm_model(model.state_dict(), model, tmp_path / "bad", config=wrong)
     assert not (tmp_path / "bad").exists()  # refused before anything was written
     right = OmegaConf.create({"model": {"encoder": {"pretrained": str(world / "clip-tiny-res336")}}})
@@ -318,7 +329,8 @@ def test_preprocessing_that_disagrees_with_the_encoder_is_refused(tiny_world, tm
     settings = json.loads(file.read_text())
     settings["crop_size"] = {"height": 32, "width": 32}
     file.write_text(json.dumps(settings))
-    with pytest.raises(ValueError, match=r"crops images to 32px, but the encoder .*config\.json\) takes 48px"):
+    with pytest.raises(ValueError, match=r"ok/model/encoder crops images to 32px, but the encoder it belongs to "
+                                         "takes 48px"):
         load_checkpoint(tmp_path / "ok")
 
 

@@ -31,16 +31,18 @@ from transformers import (
 )
 
 from lmm.constants import IMAGE_TOKEN_INDEX
-from lmm.data.images import ImageTransform
+from lmm.data.records import Turn
 from lmm.data.templates import VicunaV1Template, tokenize_prompt
 from lmm.export import _main as export_cli
-from lmm.export import export_hf_llava, from_hf_llava
+from lmm.export import export_hf_llava
 from lmm.model.connector import LinearConnector, MLPConnector, QFormerLite
 from lmm.model.encoder import VisionEncoder
-from lmm.model.io import load_lmm_model, save_lmm_model
+from lmm.model.io import from_hf_llava, load_lmm_model, save_lmm_model
 from lmm.model.llava import LlavaModel
 from lmm.model.llm import load_tokenizer
+from lmm.model.preprocess import ImageTransform
 from lmm.world.zoo import build_tokenizer
+from tests.conftest import tiny_llava
 
 TEXTS = ["a red ball is on the left of a blue cube.", "what colour is the ball?", "the cube is blue.",
          "USER: how many objects are there? ASSISTANT: two objects.", "a green cone stands behind the cube."]
@@ -260,6 +262,28 @@ def test_export_chat_template_ids_and_logits_real_tokenizer(tmp_path: Path, llam
     # transformers 4.5x refuses a list under extra_special_tokens (its dict of named tokens); 5 reads the old name.
     assert not isinstance(json.loads((out / "tokenizer_config.json").read_text()).get("extra_special_tokens"), list)
     assert set(processor.tokenizer.all_special_tokens) == set(tok.all_special_tokens)
+
+
+def test_saved_llama_tokenizer_keeps_legacy(tmp_path: Path, llama_tokenizer_dir: Path, offline: None) -> None:
+    """Transformers 5 leaves Llama's `legacy` out of tokenizer_config.json: a tokenizer saved legacy and read back
+    would come back non-legacy, and "Red</s>USER: Yes" (every turn after the first, LLaVA's chunks around <image>)
+    would tokenize differently. An lmm model folder keeps the flag and the ids; an HF export writes it too."""
+    text = "<image>\nRed</s>USER: Yes"
+    turns = [Turn("human", "<image>\nWhat color is the bus?"), Turn("gpt", "Red"), Turn("human", "Is it big?"),
+             Turn("gpt", "Yes")]
+    model = tiny_llava()
+    for legacy in (True, False):
+        tok = load_tokenizer(str(llama_tokenizer_dir), legacy=legacy)
+        expected = tokenize_prompt(text, tok)
+        assert expected[5:] == ([2, 3148, 1001, 29901, 3869] if legacy else [2, 11889, 29901, 3869])  # </s>USER: Yes
+        save_lmm_model(model.state_dict(), model, tmp_path / f"lmm-{legacy}", tokenizer=tok,
+                       image_transform=ImageTransform(model.encoder.image_size))
+        _, back = load_lmm_model(tmp_path / f"lmm-{legacy}")
+        assert back.legacy is legacy and tokenize_prompt(text, back) == expected
+        assert VicunaV1Template().encode(turns, back).input_ids == VicunaV1Template().encode(turns, tok).input_ids
+        out = export_hf_llava(model, tok, tmp_path / f"hf-{legacy}")
+        assert json.loads((out / "tokenizer_config.json").read_text())["legacy"] is legacy  # for any reader
+        assert tokenize_prompt(text, from_hf_llava(out)[1]) == expected
 
 
 def test_export_qformer_raises(tmp_path: Path, tokenizer: PreTrainedTokenizerFast) -> None:

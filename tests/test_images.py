@@ -1,13 +1,26 @@
-"""Image preprocessing matches LLaVA (mean-colour pad) and HF's CLIP processor (resize + centre crop)."""
+"""Image preprocessing matches LLaVA (mean-colour pad) and HF's CLIP processor (resize + centre crop); the encoder
+decides it by one rule; image files load or fail naming the file."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
-from lmm.data.images import CLIP_MEAN, CLIP_STD, ImageError, ImageTransform, expand_to_square, load_image
+from lmm.data.images import ImageError, load_image
+from lmm.model.encoder import VisionEncoder
+from lmm.model.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    SIGLIP_MEAN,
+    SIGLIP_STD,
+    ImageTransform,
+    encoder_transform,
+    expand_to_square,
+)
 
 
 def _random_image(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -72,6 +85,45 @@ def test_from_pretrained_reads_processor_config(tmp_path):
 def test_bad_aspect_rejected():
     with pytest.raises(ValueError, match="aspect"):
         ImageTransform(8, aspect="anyres")
+
+
+def _tower(kind: str, image_size: int = 28):
+    small = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "image_size": image_size, "patch_size": 14}
+    if kind == "clip":
+        return CLIPVisionModel(CLIPVisionConfig(**small))
+    return SiglipVisionModel(SiglipVisionConfig(**small))
+
+
+def test_the_encoder_decides_its_preprocessing(tmp_path):
+    """One rule for training, saving, evaluation and export (VisionEncoder.image_transform): the processor config
+    where the tower came from, a given aspect winning; without one, its family's statistics at its resolution (with
+    a warning when a config was expected); a config for another resolution is refused."""
+    folder = tmp_path / "clip"
+    _tower("clip").save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "size": {"shortest_edge": 32}, "crop_size": {"height": 28, "width": 28}, "image_mean": [0.1, 0.2, 0.3],
+        "image_std": [0.4, 0.5, 0.6], "resample": 2, "image_aspect_ratio": "crop"}))
+    encoder = VisionEncoder.from_pretrained(str(folder))
+    t = encoder.image_transform()
+    assert (t.image_size, t.resize_size, t.mean, t.std, int(t.resample), t.aspect) == \
+        (28, 32, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), 2, "crop")
+    assert encoder.image_transform("pad").aspect == "pad" and encoder.image_transform("pad").mean == t.mean
+
+    bare = tmp_path / "siglip"
+    _tower("siglip").save_pretrained(bare)
+    with pytest.warns(UserWarning, match="no image processor config for the encoder .*siglip.*siglip defaults at 28px"):
+        t = VisionEncoder.from_pretrained(str(bare)).image_transform()
+    assert (t.image_size, t.mean, t.std, t.aspect) == (28, SIGLIP_MEAN, SIGLIP_STD, "pad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an in-memory tower names no source: its family's defaults, quietly
+        t = VisionEncoder(_tower("clip", 56)).image_transform("crop")
+    assert (t.image_size, t.mean, t.std, t.aspect) == (56, CLIP_MEAN, CLIP_STD, "crop")
+
+    with pytest.raises(ValueError, match="crops images to 28px, but the encoder it belongs to takes 56px"):
+        VisionEncoder(_tower("clip", 56)).image_transform(source=folder)
+    assert encoder_transform({"model_type": "llava", "vision_config": {"model_type": "siglip_vision_model",
+                                                                       "image_size": 42}}).mean == SIGLIP_MEAN
 
 
 def test_load_image_errors_name_the_path(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from lmm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from lmm.export import from_hf_llava
+from lmm.model.io import from_hf_llava
 from tests.test_parity import BOS, IMAGE_ID, hf_ids, pad_batch, tiny_hf_llava
 
 # one prompt with an image, one text-only; supervised answers of different lengths, a prompt part ignored

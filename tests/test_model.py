@@ -1,13 +1,53 @@
-"""The composed model: connector contracts, splicing, the text-only graph rule, truncation."""
+"""The composed model: its one assembly path, connector contracts, splicing, the text-only graph rule, truncation."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from lmm.config import register_resolvers
 from lmm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from lmm.model.build import build_llava
 from lmm.model.connector import LinearConnector, MLPConnector, QFormerLite
 from tests.conftest import tiny_llava
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def test_build_llava_takes_parts_built_or_as_configs():
+    """The one assembly path (a run's config, an lmm folder, an HF Llava checkpoint): a connector config is
+    instantiated and sized from the encoder's and LLM's widths, its saved weights are loaded strictly, cast to dtype."""
+    ref = tiny_llava()
+    spec = {"_target_": "lmm.model.connector.MLPConnector", "_partial_": True, "depth": 2}
+    model = build_llava(ref.encoder, OmegaConf.create(spec), ref.llm, max_length=64,
+                        connector_state=ref.connector.state_dict(), dtype="bfloat16")
+    assert isinstance(model.connector, MLPConnector) and model.max_length == 64
+    assert (model.connector.in_dim, model.connector.out_dim) == (ref.encoder.hidden_size, 32)
+    assert model.encoder is ref.encoder and model.llm is ref.llm
+    for (name, got), want in zip(model.connector.state_dict().items(), ref.connector.state_dict().values(),
+                                 strict=True):
+        assert got.dtype == torch.bfloat16 and torch.equal(got, want.to(torch.bfloat16)), name
+    with pytest.raises(RuntimeError, match="Missing key"):
+        build_llava(ref.encoder, spec, ref.llm, connector_state={"proj.0.weight": ref.connector.proj[0].weight})
+
+
+@pytest.mark.parametrize("llm", ["vicuna7b", "vicuna13b"])
+def test_the_llm_config_carries_its_tokenizer(llm):
+    """conf/model/llm/<llm>.yaml writes the LLM and its tokenizer (model.llm, model.tokenizer), so swapping the LLM
+    swaps the tokenizer with it."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["preset=paper", f"model/llm={llm}"])
+    OmegaConf.resolve(cfg)
+    assert cfg.model.llm._target_ == "lmm.model.llm.load_llm"
+    assert cfg.model.tokenizer._target_ == "lmm.model.llm.load_tokenizer"
+    assert cfg.model.tokenizer.pretrained == cfg.model.llm.pretrained == f"lmsys/vicuna-{llm[len('vicuna'):]}-v1.5"
+    assert cfg.model.tokenizer.model_max_length == cfg.model.max_length == 2048
+    assert "tokenizer" not in OmegaConf.to_container(OmegaConf.load(CONF / "model" / "llava.yaml"))
 
 
 @pytest.mark.parametrize(("connector", "params", "tokens"), [

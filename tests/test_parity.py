@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from lmm.constants import IMAGE_TOKEN_INDEX
-from lmm.export import from_hf_llava, split_llava_state
 from lmm.model.connector import LinearConnector, MLPConnector
+from lmm.model.io import from_hf_llava, split_llava_state
 from lmm.model.llava import LlavaModel
 
 VOCAB = 200

@@ -205,7 +205,7 @@ def test_several_judge_runs_give_mean_and_std() -> None:
 
 def test_judge_runs_default_and_are_recorded(tmp_path) -> None:
     """Deterministic RuleJudge: 1 run by default; an LLM judge: LLaVA's 3, with its model and temperature."""
-    from lmm.eval.benchmarks import LLaVABench, MMVet
+    from lmm.eval.tasks import LLaVABench, MMVet
 
     rows = [{"question_id": i, "image": "x.png", "text": f"q{i}"} for i in range(2)]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

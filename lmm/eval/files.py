@@ -1,4 +1,5 @@
-"""Reading benchmark files (JSONL, JSON, TSV) with errors that name the file and line, and hashing them.
+"""Benchmark and answer files: reading them (JSON, TSV; JSONL through lmm.data.jsonl) with errors that name the file
+and line, reading and re-scoring LLaVA-format answer files, writing upload files, and hashing them all.
 
 Benchmark releases are large, hand-assembled and often edited locally; an error deep inside scoring ("KeyError 5")
 costs an evaluation run, so every reader here says which file, which line and which field is wrong.
@@ -12,7 +13,12 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from lmm.data.jsonl import read_jsonl
+
+if TYPE_CHECKING:  # the benchmarks read their files through this module
+    from lmm.eval.tasks.base import Benchmark, Scored
 
 
 class BenchmarkFileError(ValueError):
@@ -32,22 +38,6 @@ def require_file(path: str | os.PathLike | None, what: str) -> Path:
     if not p.exists():
         raise BenchmarkFileError(f"{what} not found: {p} (see conf/eval/benchmark/*.yaml for the expected layout)")
     return p
-
-
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-empty line; invalid JSON or a non-object line names file and line."""
-    p = Path(path)
-    with open(p, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkFileError(f"{where(p, lineno)}: invalid JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(obj, dict):
-                raise BenchmarkFileError(f"{where(p, lineno)}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -126,3 +116,35 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write an upload/official-scorer JSON file (creating its folder) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, ensure_ascii=False))
+    return path
+
+
+def read_answer_file(bench: Benchmark, path: str | os.PathLike) -> list[str]:
+    """The texts of a LLaVA-format answer file, checked line by line against the benchmark's questions.
+
+    The file must follow question-file order (LLaVA's merged answer files do), as POPE's and MME's scorers assume.
+    """
+    p = require_file(path, "answer file")
+    qs = bench.questions()
+    rows = list(read_jsonl(p, BenchmarkFileError))
+    if len(rows) != len(qs):
+        raise BenchmarkFileError(f"{p}: {len(rows)} answers for {len(qs)} questions of {bench.name}")
+    texts = []
+    for (lineno, row), q in zip(rows, qs, strict=True):
+        at = where(p, lineno)
+        if field(row, "question_id", at) != q.question_id:
+            raise BenchmarkFileError(f"{at}: question_id {row['question_id']!r}, but question {q.uid} of "
+                                     f"{bench.name} ({q.where}) is {q.question_id!r}: answers out of order?")
+        texts.append(field(row, "text", at, str))
+    return texts
+
+
+def score_answer_file(bench: Benchmark, path: str | os.PathLike) -> Scored:
+    """Score an existing answer file (e.g. LLaVA's released answers) with the benchmark's official rules."""
+    return bench.score(bench.questions(), read_answer_file(bench, path))

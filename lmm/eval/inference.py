@@ -14,13 +14,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lmm.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
-from lmm.data.images import ImageTransform
-from lmm.eval.benchmarks import Question
+from lmm.eval.tasks import Question
+from lmm.model.build import part_dtypes
 from lmm.model.llava import LlavaModel
+from lmm.model.preprocess import ImageTransform
 
 
 @dataclass(frozen=True)
@@ -35,32 +35,6 @@ class Decoding:
     def kwargs(self) -> dict[str, Any]:
         return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "num_beams": self.num_beams,
                 "use_cache": self.use_cache}
-
-
-def cast_for_eval(model: nn.Module, dtype: str | torch.dtype) -> None:
-    """Cast every floating-point parameter and persistent buffer (encoder, connector and LLM) to `dtype`, in place.
-
-    This is what `from_pretrained(dtype=...)` gives (LLaVA's fp16 evaluation): computed non-persistent buffers such
-    as the rotary `inv_freq` stay fp32. `model.to(float16)` would round them too (Llama's RoPE angles at position
-    2047 would move by up to half a radian).
-    """
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            if p.is_floating_point() and p.dtype != dtype:
-                p.data = p.data.to(dtype)
-        for name, b in module.named_buffers(recurse=False):
-            if b.is_floating_point() and b.dtype != dtype and name not in module._non_persistent_buffers_set:
-                module._buffers[name] = b.to(dtype)
-
-
-def part_dtypes(model: LlavaModel) -> dict[str, str]:
-    """The dtype of each part's parameters, e.g. {"encoder": "float16", "connector": "float16", "llm": "float16"}."""
-    out = {}
-    for part in ("encoder", "connector", "llm"):
-        p = next((p for p in getattr(model, part).parameters() if p.is_floating_point()), None)
-        out[part] = str(p.dtype).removeprefix("torch.") if p is not None else "none"
-    return out
 
 
 def prompt_text(ids: list[int], tokenizer: Any) -> str:

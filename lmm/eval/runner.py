@@ -1,73 +1,50 @@
-"""Evaluation entry points: load a checkpoint, answer a suite of benchmarks, score, and record everything.
-
-`python run.py task=eval checkpoint=<path> eval=<suite>` accepts as `checkpoint`:
-- an lmm run folder (<run>, its <run>/instruct/model is evaluated), a stage folder (<stage>) or a model folder
-  (<stage>/model, with lmm_model.json);
-- a Lightning checkpoint inside an lmm run, <run>/<stage>/checkpoints/last.ckpt: mapped to that stage's saved model
-  folder <run>/<stage>/model (the stage's final weights); if the stage has none (it has not finished, or it is the
-  align stage, which saves only its connector) the error names the folder to pass instead;
-- a Hugging Face Llava folder (config.json with model_type "llava").
-The image preprocessing (size, mean, std, pad/crop) always comes from the checkpoint (lmm model folders record it in
-encoder/preprocessor_config.json), never from the current config's encoder; `eval.image_aspect` only overrides
-pad/crop on purpose.
+"""Evaluation entry point: answer a suite of benchmarks with a model, score, and record everything.
 
 `evaluate(cfg, model, tokenizer, run_dir, ...)` is what the pipeline calls (after the instruct stage, or for
-task=eval); `load_checkpoint(path)` reads the checkpoints above. Per benchmark the
-run folder gets eval/<name>/answers.jsonl (LLaVA format, question-file order, so LLaVA's scripts re-score it), the
-official upload/eval files and scores.json; eval/results.json holds every score together with the prompts,
-decoding settings, file hashes and versions that produced it; W&B gets the scores in the run summary and a table of
-sample predictions.
+task=eval, with the model of `checkpoint=` read by lmm.model.io.load_checkpoint). The image preprocessing (size,
+mean, std, pad/crop) is the model's own, by its encoder's rule (VisionEncoder.image_transform: a checkpoint's is the
+one it records), never the current config's encoder; `eval.image_aspect` only overrides pad/crop on purpose.
+
+Per benchmark the run folder gets eval/<name>/answers.jsonl (LLaVA format, question-file order, so LLaVA's scripts
+re-score it), the official upload/eval files and scores.json; eval/results.json holds every score together with the
+prompts, decoding settings, file hashes and versions (lmm.provenance) that produced it; W&B gets the scores in the
+run summary and a table of sample predictions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from PIL import ImageOps
 
-from lmm.data.images import ImageTransform
-from lmm.eval.benchmarks import Benchmark, Question
 from lmm.eval.files import sha256
 from lmm.eval.inference import (
     Decoding,
     EvalModule,
     QuestionDataset,
     broadcast_from_rank0,
-    cast_for_eval,
     make_loader,
-    part_dtypes,
     predict_answers,
     prompt_text,
 )
-from lmm.model.io import (
-    MODEL_CARD,
-    PREPROCESSOR,
-    default_transform,
-    image_processor_config,
-    load_image_transform,
-    load_lmm_model,
-    saved_image_transform,
-    with_aspect,
-)
+from lmm.eval.tasks import Benchmark, Question
+from lmm.log import log
+from lmm.model.build import cast_model, part_dtypes
 from lmm.model.llava import LlavaModel
+from lmm.model.preprocess import ImageTransform
+from lmm.provenance import provenance
 
-RESULTS_VERSION = 1  # bump when the layout of eval/results.json changes
-
-
-def _log(msg: str) -> None:
-    if _rank() == 0:
-        print(f"[lmm] {msg}", flush=True)
+THUMBNAIL = 256  # side of the letterboxed sample images logged to W&B
+RESULTS_VERSION = 2  # bump when the layout of eval/results.json changes (2: versions from lmm.provenance)
 
 
 def _rank() -> int:
@@ -76,121 +53,25 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
 
 
-# ------------------------------------------------------------------------------------------------------- loading
-class LoadedModel(NamedTuple):
-    """A model ready for evaluation and what evaluate() needs to know about it."""
-
-    model: LlavaModel
-    tokenizer: Any
-    image_processor: ImageTransform  # the checkpoint's own preprocessing (size, mean, std, pad/crop)
-    model_id: str  # written into every answer line
-    source: str  # "lmm" or "hf_llava"
-
-
-def _lmm_model_folder(path: Path) -> Path | None:
-    for candidate in (path, path / "model", path / "instruct" / "model"):
-        if (candidate / MODEL_CARD).exists():
-            return candidate
-    return None
-
-
-def _model_id(folder: Path) -> str:
-    """The run id for <run>/instruct/model, the stage folder's name for <stage>/model, else the folder's name."""
-    if folder.name != "model":
-        return folder.name
-    return folder.parent.parent.name if folder.parent.name == "instruct" else folder.parent.name
-
-
-def _model_of_lightning_checkpoint(given: Path, p: Path) -> Path:
-    """<stage>/checkpoints/last.ckpt (or the checkpoints folder) -> <stage>/model, or an error naming what to pass.
-
-    A Lightning checkpoint holds the training state, not a loadable model; the stage writes its model folder when
-    it finishes, and that folder is what evaluation reads.
-    """
-    ckpt_dir = p if p.name == "checkpoints" else p.parent  # last.ckpt is a folder when sharded (FSDP)
-    if ckpt_dir.name != "checkpoints":
-        raise ValueError(f"{given} is a Lightning checkpoint outside an lmm run (expected "
-                         "<run>/<stage>/checkpoints/last.ckpt): pass an lmm model folder (<run>/instruct/model, with "
-                         f"{MODEL_CARD}) or a Hugging Face Llava folder")
-    stage_dir = ckpt_dir.parent
-    done = stage_dir / "stage.json"
-    stage = json.loads(done.read_text()).get("stage") if done.exists() else stage_dir.name.split("-")[0]
-    run_hint = f"{given.parent.parent.parent}/instruct/model" if given.parent.name == "checkpoints" else \
-        "<run>/instruct/model"
-    if stage == "align":
-        raise ValueError(f"{given} is an align-stage checkpoint: the align stage trains only the connector and saves "
-                         f"no model folder. Evaluate the instruct stage instead: checkpoint={run_hint}")
-    model = stage_dir / "model"
-    if p.name not in ("checkpoints", "last.ckpt"):
-        raise ValueError(f"{given}: only last.ckpt maps to the stage's saved model ({model}, its final weights); "
-                         f"an intermediate checkpoint cannot be evaluated: pass checkpoint={model}")
-    if not (model / MODEL_CARD).exists():
-        raise ValueError(f"{given}: the stage folder {stage_dir} has no model/ folder yet (it is written when the "
-                         "stage finishes; resume the run with the same run_id to finish it), then pass "
-                         f"checkpoint={model}")
-    _log(f"checkpoint {given} -> the stage's saved model folder {model}")
-    return model
-
-
-def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> LoadedModel:
-    """Load an lmm run/stage/model folder, a Lightning last.ckpt inside an lmm run, or a Hugging Face Llava folder.
-
-    `dtype` (e.g. "float16", `eval.dtype`) casts the whole model, encoder included (see cast_for_eval); the LLM of an
-    lmm folder is loaded in it directly. The returned image_processor is the checkpoint's own preprocessing (checked
-    against its encoder's image_size).
-    """
-    given = Path(path).expanduser()
-    p = given.resolve()
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    if p.suffix == ".ckpt" or (p.is_dir() and p.name == "checkpoints"):
-        p = _model_of_lightning_checkpoint(given, p)
-    folder = _lmm_model_folder(p)
-    if folder is not None:
-        model, tokenizer = load_lmm_model(folder, dtype=dtype)
-        if dtype is not None:
-            cast_for_eval(model, dtype)
-        return LoadedModel(model, tokenizer, load_image_transform(folder), _model_id(folder), "lmm")
-    config = p / "config.json"
-    if config.exists() and json.loads(config.read_text()).get("model_type") == "llava":
-        from lmm.export import from_hf_llava
-
-        model, tokenizer = from_hf_llava(p)
-        if tokenizer is None:
-            raise FileNotFoundError(f"{p}: the Llava folder has no tokenizer files")
-        if dtype is not None:
-            cast_for_eval(model, dtype)
-        transform = saved_image_transform(p)
-        if transform is None:
-            _log(f"{p} has no {PREPROCESSOR}: using the tower family's defaults at its resolution, padded")
-            transform = default_transform(json.loads(config.read_text()), "pad")
-        return LoadedModel(model, tokenizer, transform, p.name, "hf_llava")
-    raise ValueError(f"{p} is neither an lmm run/model folder (with {MODEL_CARD}) nor a Hugging Face Llava folder")
-
-
 def _image_transform(cfg: DictConfig, model: LlavaModel,
                      image_processor: str | os.PathLike | ImageTransform | None) -> tuple[ImageTransform, str]:
-    """(preprocessing, where it came from): the checkpoint's when given, the config's encoder only for in-process
-    models; `eval.image_aspect` overrides pad/crop. Refuses a resolution the model's encoder does not take."""
+    """(preprocessing, where it came from): `image_processor` when given (an ImageTransform, or a folder, file or hub
+    id read by the encoder's rule), else the model's own (VisionEncoder.image_transform: what a checkpoint records),
+    never the config's encoder; `eval.image_aspect` overrides pad/crop. Refuses a resolution the model's encoder does
+    not take."""
     aspect = cfg.eval.get("image_aspect")
     if isinstance(image_processor, ImageTransform):
         transform, source = image_processor, "checkpoint"
-    elif image_processor is not None:
-        source = str(image_processor)
-        transform = saved_image_transform(source) if Path(source).is_dir() else None
-        transform = transform or ImageTransform.from_pretrained(source, aspect=aspect)
     else:
-        source = OmegaConf.select(cfg, "model.encoder.pretrained")
-        if source is None:
-            raise ValueError("no image processor: pass image_processor= or set model.encoder.pretrained")
-        trained = OmegaConf.select(cfg, "stage.instruct.image_aspect") or "pad"
-        transform = ImageTransform.from_pretrained(str(source), aspect=aspect or trained)
+        transform = model.encoder.image_transform(aspect, source=image_processor)
+        source = image_processor if image_processor is not None else \
+            model.encoder.source or f"{model.encoder.config.model_type} defaults"
     if aspect:
-        transform = with_aspect(transform, str(aspect))
+        transform = transform.with_aspect(str(aspect))
     if transform.image_size != model.encoder.image_size:
         raise ValueError(f"the image preprocessing ({source}) makes {transform.image_size}px images, but the model's "
                          f"encoder takes {model.encoder.image_size}px: evaluate with the checkpoint's own "
-                         "preprocessing (load_checkpoint(...).image_processor)")
+                         "preprocessing (lmm.model.io.load_checkpoint(...).image_processor)")
     return transform, str(source)
 
 
@@ -216,21 +97,6 @@ def _eval_trainer(cfg: DictConfig, overrides: dict[str, Any] | None) -> L.Traine
                               "enable_progress_bar": bool(ecfg.get("progress_bar", False))}
     kwargs.update(overrides or {})
     return L.Trainer(**kwargs)
-
-
-def _versions() -> dict[str, Any]:
-    import lightning
-    import transformers
-
-    def git(*args: str) -> str | None:
-        with contextlib.suppress(Exception):
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                                  cwd=Path(__file__).parent).stdout.strip()
-        return None
-
-    return {"lmm_git_commit": git("rev-parse", "HEAD"), "lmm_git_dirty": bool(git("status", "--porcelain")),
-            "results_version": RESULTS_VERSION, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "lightning": lightning.__version__}
 
 
 def _file_hashes(bench: Benchmark) -> dict[str, Any]:
@@ -279,7 +145,9 @@ def _log_wandb(loggers: list[Logger], summary: dict[str, float], rows: list[dict
                          r["question"], r["answer"], r["reference"], r["score"], r["correct"]])
             if img is not None:
                 mark = "" if r["correct"] is None else (" ✓" if r["correct"] else " ✗")
-                images.append(wandb.Image(img, caption=f"{r['benchmark']} {r['question_id']}: {r['answer']}{mark}"))
+                # one size for the whole list (W&B shows a media list at its first image's size): letterboxed
+                thumb = ImageOps.pad(img.convert("RGB"), (THUMBNAIL, THUMBNAIL), color=(255, 255, 255))
+                images.append(wandb.Image(thumb, caption=f"{r['benchmark']} {r['question_id']}: {r['answer']}{mark}"))
         # Offline runs drop the images inside a table (wandb/wandb#4611): the same images are also logged as a plain
         # media list, which offline runs keep and `wandb sync` uploads.
         run.log({"eval/predictions": wandb.Table(columns=columns, data=data), "eval/sample_images": images})
@@ -291,10 +159,10 @@ def evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: str | 
              model_id: str | None = None, trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Answer and score the suite `cfg.eval` with `model`; write answer files and eval/results.json under run_dir.
 
-    `image_processor` is the model's preprocessing: an ImageTransform (load_checkpoint(...).image_processor) or a
-    folder/file/hub id with its preprocessor_config.json; only when None (a model built in-process from cfg) is
-    cfg.model.encoder's taken. `trainer_kwargs` override the predict Trainer's arguments. Returns what results.json
-    holds (on every rank).
+    `image_processor` is the model's preprocessing: an ImageTransform (lmm.model.io.load_checkpoint(...)
+    .image_processor) or a folder/file/hub id with its preprocessor_config.json; None: the model's own, by its
+    encoder's rule (model.encoder.image_transform()). `trainer_kwargs` override the predict Trainer's arguments.
+    Returns what results.json holds (on every rank).
     """
     threads = torch.get_num_threads()
     if cfg.eval.get("num_threads"):
@@ -314,19 +182,20 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
     transform, processor = _image_transform(cfg, model, image_processor)
     template = instantiate(ecfg.template)
     if ecfg.get("dtype"):
-        cast_for_eval(model, ecfg.dtype)
+        cast_model(model, ecfg.dtype)
     benchmarks = build_benchmarks(ecfg)
     for bench in benchmarks:  # read and check every file before the first (possibly hours-long) inference
         bench.questions()
     trainer = _eval_trainer(cfg, trainer_kwargs)
     if ecfg.get("dtype") == "float16" and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
-        _log("eval.dtype=float16 on a CPU: most CPUs multiply fp16 hundreds of times slower than bf16 (bfloat16)")
+        log.warning("eval.dtype=float16 on a CPU: most CPUs multiply fp16 hundreds of times slower than bf16 "
+                    "(bfloat16)")
     results: dict[str, Any] = {
         "suite": ecfg.get("name"), "model_id": model_id,
         "protocol": {"template": getattr(template, "name", type(template).__name__),
                      "system": getattr(template, "system", None), "image_aspect": transform.aspect,
                      "image_size": transform.image_size, "image_processor": processor,
-                     "image_preprocessing": image_processor_config(transform),
+                     "image_preprocessing": transform.processor_config(),
                      "decoding": {"do_sample": False, "temperature": 0, "num_beams": 1, "use_cache": True,
                                   "stop_token_ids": template.stop_token_ids(tokenizer)},
                      "batch_size": int(ecfg.batch_size), "padding": "left (after splicing)",
@@ -335,7 +204,7 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
                      "world_size": trainer.world_size},
         "model": {"visual_tokens_per_image": model.num_visual_tokens,
                   "parameters": sum(p.numel() for p in model.parameters())},
-        "versions": _versions(), "benchmarks": {}, "summary": {}}
+        "versions": {**provenance(), "results_version": RESULTS_VERSION}, "benchmarks": {}, "summary": {}}
     rows: list[dict[str, Any]] = []
     total_q, total_s = 0, 0.0
     for bench in benchmarks:
@@ -357,7 +226,7 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
             results["benchmarks"][bench.name] = entry
             results["summary"].update(entry["summary"])
             shown = f"{entry['headline']:.2f}" if entry["headline"] is not None else "no ground truth"
-            _log(f"eval {bench.name}: {len(qs)} questions in {seconds:.1f}s ({len(qs) / seconds:.1f}/s), "
+            log.info(f"eval {bench.name}: {len(qs)} questions in {seconds:.1f}s ({len(qs) / seconds:.1f}/s), "
                  f"{bench.headline_key} = {shown}")
     if _rank() == 0:
         results["throughput"] = {"questions": total_q, "seconds": round(total_s, 2),
@@ -366,7 +235,7 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
         (out_dir / "samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
         _log_wandb(list(loggers or []), results["summary"], rows, {b.name: b for b in benchmarks})
-        _log(f"eval results: {out_dir / 'results.json'}")
+        log.info(f"eval results: {out_dir / 'results.json'}")
     return broadcast_from_rank0(results)  # scored once, on rank 0: judges may be remote and paid
 
 

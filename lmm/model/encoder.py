@@ -1,12 +1,16 @@
-"""The vision encoder: any Hugging Face vision tower, frozen, returning the features of one hidden layer."""
+"""The vision encoder: any Hugging Face vision tower, frozen, returning the features of one hidden layer, and the
+image preprocessing its weights expect (lmm.model.preprocess)."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, CLIPVisionModel, PreTrainedModel, SiglipVisionModel
 
 from lmm.constants import SELECT_FEATURES
+from lmm.model.preprocess import ImageTransform, encoder_transform
 
 # Full image-text checkpoints (e.g. openai/clip-vit-large-patch14) hold a text tower too: load only the vision part.
 _VISION_CLASSES: dict[str, type[PreTrainedModel]] = {
@@ -28,16 +32,19 @@ class VisionEncoder(nn.Module):
     """A frozen vision tower that returns patch features of `select_layer` (LLaVA: penultimate layer, CLS dropped).
 
     `select_feature="patch"` drops the CLS token (LLaVA-1.5), `"cls_patch"` keeps it. The tower always runs without
-    gradient: LLaVA never trains it, and keeping it out of autograd saves its activations.
+    gradient: LLaVA never trains it, and keeping it out of autograd saves its activations. `source` is where the
+    tower came from (a folder or hub id): its image processor config lives there (see image_transform).
     """
 
-    def __init__(self, tower: PreTrainedModel, select_layer: int = -2, select_feature: str = "patch") -> None:
+    def __init__(self, tower: PreTrainedModel, select_layer: int = -2, select_feature: str = "patch",
+                 source: str | os.PathLike | None = None) -> None:
         super().__init__()
         if select_feature not in SELECT_FEATURES:
             raise ValueError(f"select_feature must be one of {SELECT_FEATURES}, got {select_feature!r}")
         self.tower = tower
         self.select_layer = select_layer
         self.select_feature = select_feature
+        self.source = None if source is None else str(source)
         # CLIP prepends a class embedding to the patches; SigLIP has none.
         self.has_cls_token = any(hasattr(m, "class_embedding") for m in tower.modules())
         self.tower.requires_grad_(False)
@@ -47,7 +54,13 @@ class VisionEncoder(nn.Module):
     def from_pretrained(cls, pretrained: str, select_layer: int = -2, select_feature: str = "patch",
                         dtype: str | None = None) -> VisionEncoder:
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        return cls(load_vision_tower(pretrained, torch_dtype), select_layer, select_feature)
+        return cls(load_vision_tower(pretrained, torch_dtype), select_layer, select_feature, source=pretrained)
+
+    def image_transform(self, aspect: str | None = None, source: str | os.PathLike | None = None) -> ImageTransform:
+        """The pixels this tower must see: the processor config of `source` (default: where the tower came from),
+        else its family's defaults at its resolution; `aspect` None keeps the config's own pad/crop. The one rule
+        (lmm.model.preprocess.encoder_transform) that training, saving, evaluation and export all follow."""
+        return encoder_transform(self.tower.config.to_dict(), source if source is not None else self.source, aspect)
 
     @property
     def config(self):

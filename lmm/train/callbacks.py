@@ -190,10 +190,14 @@ class Throughput(L.Callback):
     not averaged in.
     """
 
-    def __init__(self, stage: str, visual_tokens_per_image: int, every_n_steps: int = 5) -> None:
+    def __init__(self, stage: str, visual_tokens_per_image: int | None = None, every_n_steps: int = 5) -> None:
         self.stage, self.visual, self.every = stage, visual_tokens_per_image, every_n_steps
         self._samples = self._tokens = 0
         self._t0: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.visual is None:  # from the model, unless given: the configs need not repeat it
+            self.visual = pl_module.model.num_visual_tokens
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -127,14 +127,14 @@ def meta_model(encoder_config: Any, llm_config: Any, connector: Callable[..., nn
     whose vision part is taken), a causal-LM config and a connector factory `(in_dim=, out_dim=)`."""
     from transformers import AutoModel, AutoModelForCausalLM
 
+    from lmm.model.build import build_llava
     from lmm.model.encoder import VisionEncoder
-    from lmm.model.llava import LlavaModel
 
     vision = getattr(encoder_config, "vision_config", None) or encoder_config
     with torch.device("meta"):
         tower = AutoModel.from_config(vision)
         llm = AutoModelForCausalLM.from_config(llm_config)
-        return LlavaModel(VisionEncoder(tower), connector, llm)
+        return build_llava(VisionEncoder(tower), connector, llm)
 
 
 def _count(part: nn.Module, blocks: tuple[type, ...], dtype: torch.dtype) -> PartCount:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import time
@@ -21,11 +22,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig
 
-from lmm.data.images import ImageTransform
 from lmm.log import log
+from lmm.model.build import build_llava
 from lmm.model.llava import LlavaModel
-from lmm.train.accounting import DataAccounting
-from lmm.train.callbacks import LossRecord, SampleGenerations, Throughput, TrainedTally
+from lmm.model.preprocess import ImageTransform
+from lmm.train.callbacks import LossRecord, SampleGenerations, TrainedTally
 from lmm.train.loggers import log_stage_artifact, make_loggers
 from lmm.train.memory import check_training_memory, without_memory_check
 from lmm.train.module import LlavaLitModule
@@ -33,10 +34,7 @@ from lmm.train.module import LlavaLitModule
 
 def build_model(cfg: DictConfig) -> LlavaModel:
     """Instantiate encoder, connector and LLM from config through their from_pretrained paths."""
-    encoder = instantiate(cfg.model.encoder)
-    connector = instantiate(cfg.model.connector)
-    llm = instantiate(cfg.model.llm)
-    return LlavaModel(encoder, connector, llm, max_length=cfg.model.max_length)
+    return build_llava(cfg.model.encoder, cfg.model.connector, cfg.model.llm, max_length=cfg.model.max_length)
 
 
 def micro_batching(global_batch: int, micro_batch: int, world_size: int) -> tuple[int, int]:
@@ -65,6 +63,20 @@ def stage_lock(stage_dir: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def configured_callbacks(cfg: DictConfig, stage: str, with_logger: bool) -> list[L.Callback]:
+    """The `callbacks` group's callbacks for one stage (a partial one gets `stage=`); a learning-rate monitor only
+    with a logger (Lightning refuses it without one)."""
+    out = []
+    for spec in (cfg.get("callbacks") or {}).values():
+        callback = instantiate(spec)
+        if isinstance(callback, functools.partial):
+            callback = callback(stage=stage)
+        if isinstance(callback, LearningRateMonitor) and not with_logger:
+            continue
+        out.append(callback)
+    return out
+
+
 def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init_connector: str | None) -> dict:
     """Train one stage into `stage_dir` (resuming from its last checkpoint) and return its summary."""
     scfg = cfg.stage[name]
@@ -76,7 +88,7 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
     tokenizer = instantiate(cfg.model.tokenizer)
     model = build_model(cfg)
     template = instantiate(scfg.template)
-    transform = ImageTransform.from_pretrained(cfg.model.encoder.pretrained, aspect=scfg.image_aspect)
+    transform = model.encoder.image_transform(scfg.image_aspect)
     module = LlavaLitModule(model, train=list(scfg.train), lr=scfg.lr, weight_decay=scfg.weight_decay,
                             warmup_ratio=scfg.warmup_ratio, init_connector_from=init_connector or None,
                             gradient_checkpointing=scfg.gradient_checkpointing, stage_name=name,
@@ -88,10 +100,7 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=stage_dir / "checkpoints", every_n_train_steps=scfg.checkpoint_every_n_steps,
                         save_top_k=0, save_last=True), loss_record, tally,
-        Throughput(name, model.num_visual_tokens, every_n_steps=cfg.trainer.get("log_every_n_steps", 5)),
-        DataAccounting(name, log_every_n_steps=cfg.trainer.get("log_every_n_steps", 5))]
-    if loggers:  # logger=none: Lightning refuses a learning-rate monitor without a logger
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
+        *configured_callbacks(cfg, name, with_logger=bool(loggers))]
     trainer: L.Trainer = instantiate(without_memory_check(cfg.trainer), max_epochs=scfg.max_epochs,
                                      max_steps=scfg.max_steps, callbacks=callbacks, logger=loggers or False,
                                      default_root_dir=str(stage_dir))

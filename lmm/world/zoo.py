@@ -23,7 +23,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from lmm.data.images import CLIP_MEAN, CLIP_STD
+from lmm.model.preprocess import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 
 
 def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
@@ -67,8 +67,8 @@ def build_siglip_tower(out_dir: Path, image_size: int, patch_size: int = 8, hidd
                                 num_hidden_layers=num_layers, num_attention_heads=4, image_size=image_size,
                                 patch_size=patch_size)
     SiglipVisionModel(config).save_pretrained(out_dir)
-    SiglipImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
-                            image_std=[0.5] * 3).save_pretrained(out_dir)
+    SiglipImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=list(SIGLIP_MEAN),
+                            image_std=list(SIGLIP_STD)).save_pretrained(out_dir)
 
 
 def build_llm(out_dir: Path, tokenizer: PreTrainedTokenizerFast, hidden_size: int = 128, num_layers: int = 4,

@@ -33,7 +33,7 @@ from lmm.eval.scoring.normalize import (
     parse_pope_yes_no,
 )
 from lmm.eval.scoring.pope import POPE_SPLITS, POPEMetric
-from lmm.eval.scoring.pope_files import PopeSplit, evaluate_pope_files, load_pope_splits, read_jsonl
+from lmm.eval.scoring.pope_files import PopeSplit, evaluate_pope_files, load_pope_splits
 from lmm.eval.scoring.vqa import GQAAccuracy, VQAAccuracy, vqa_score
 
 __all__ = [
@@ -42,5 +42,5 @@ __all__ = [
     "POPEMetric", "POPE_SPLITS", "PopeSplit", "RuleJudge", "SEEDAccuracy", "ScienceQAAccuracy", "VQAAccuracy",
     "evaluate_pope_files", "extract_mmbench_letter", "extract_sqa_letter", "gqa_postprocess", "llava_bench_query",
     "load_pope_splits", "mean_over_runs", "mmvet_query", "normalize_vqa_answer", "parse_llava_bench_scores",
-    "parse_mme_yes_no", "parse_mmvet_score", "parse_pope_yes_no", "read_jsonl", "vqa_score",
+    "parse_mme_yes_no", "parse_mmvet_score", "parse_pope_yes_no", "vqa_score",
 ]

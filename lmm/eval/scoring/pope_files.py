@@ -6,16 +6,15 @@ split's label file, so the answers file must keep question-file order.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmm.data.jsonl import read_jsonl
 from lmm.eval.scoring.pope import POPEMetric
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _rows(path: str | Path) -> list[dict]:
+    return [row for _, row in read_jsonl(path)]
 
 
 @dataclass
@@ -35,15 +34,15 @@ def load_pope_splits(answers_file: str | Path, label_dir: str | Path,
     """
     categories = {}
     if question_file is not None:
-        categories = {q["question_id"]: q["category"] for q in read_jsonl(question_file)}
-    answers = read_jsonl(answers_file)
+        categories = {q["question_id"]: q["category"] for q in _rows(question_file)}
+    answers = _rows(answers_file)
     splits: dict[str, PopeSplit] = {}
     for label_file in sorted(Path(label_dir).glob("*pope_*.json")):
         category = label_file.stem.split("pope_", 1)[1]
         preds = [a["text"] for a in answers if a.get("category", categories.get(a["question_id"])) == category]
         if not preds:
             continue
-        labels = [row["label"] for row in read_jsonl(label_file)]
+        labels = [row["label"] for row in _rows(label_file)]
         if len(preds) != len(labels):
             raise ValueError(f"POPE {category}: {len(preds)} answers but {len(labels)} labels in {label_file}")
         splits[category] = PopeSplit(category, preds, labels)
