@@ -3,7 +3,7 @@
 The tiny world's scenes mean something (a model can learn them); these do not, on purpose: they exist for what is
 measured on the data side, reading, validating, decoding and batching, where chosen sizes matter (tiny PNGs like the
 world's, or COCO-sized JPEGs for paper-scale decoding costs) and meaning does not. The data tests build their sources
-here, and so does benchmarks/input_pipeline.py; real sources cannot be downloaded on these machines.
+here, and so does perf/input_pipeline.py; real sources cannot be downloaded on these machines.
 """
 
 from __future__ import annotations

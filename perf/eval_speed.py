@@ -7,7 +7,7 @@ Compared, on the tiny world's GQA analog (short answers) and MM-Vet analog (long
   lmm-batched-B   lmm.eval's Lightning predict loop, B questions per batch (left padding, KV cache)
 and whether every path gives the same answers. Results go to experiments/eval_speed.md by hand.
 
-Usage: python benchmarks/eval_speed.py [--checkpoint <lmm run or model folder>] [--cache DIR] [--threads N]
+Usage: python perf/eval_speed.py [--checkpoint <lmm run or model folder>] [--cache DIR] [--threads N]
 Without --checkpoint the tiny world's backbones with a random connector are used (untrained answers vary more,
 which makes the agreement check stricter).
 """

@@ -9,7 +9,7 @@ and mask, collate) with 0 and 2 dataloader workers, beside
 and the padding fraction of plain, modality-length grouped and packed micro-batches, and the memory and time of
 json.load against lmm's streamed conversion on a 100K-record file. Writes <out>/report.json.
 
-    python benchmarks/input_pipeline.py [--out /tmp/lmm-bench] [--jpegs 400] [--scale 100000]
+    python perf/input_pipeline.py [--out /tmp/lmm-bench] [--jpegs 400] [--scale 100000]
 """
 
 from __future__ import annotations

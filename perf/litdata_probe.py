@@ -8,9 +8,9 @@ mix (0.5/0.3/0.2 over 10,000 samples), its determinism, its mid-epoch resume wit
 read. Each library runs in the venv that has it; `lmm` runs on the lmm checkout the script sits in (a copy of the
 script in an older checkout measures lmm's own shard format of before):
 
-    python benchmarks/litdata_probe.py litdata --out /tmp/probe-litdata    # lmm's venv (litdata 0.2.76)
-    python benchmarks/litdata_probe.py mosaic --out /tmp/probe-mosaic      # a throwaway venv with mosaicml-streaming
-    python benchmarks/litdata_probe.py lmm --out /tmp/probe-lmm            # lmm's venv
+    python perf/litdata_probe.py litdata --out /tmp/probe-litdata    # lmm's venv (litdata 0.2.76)
+    python perf/litdata_probe.py mosaic --out /tmp/probe-mosaic      # a throwaway venv with mosaicml-streaming
+    python perf/litdata_probe.py lmm --out /tmp/probe-lmm            # lmm's venv
 """
 
 from __future__ import annotations
