@@ -5,20 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-from lmm.config import register_resolvers
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-register_resolvers()
-
-
-def cfg_of(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    OmegaConf.resolve(cfg)
-    return cfg
+from tests.test_config import cfg_of
 
 
 def test_moving_or_resizing_the_world_moves_everything_that_reads_it(tmp_path):
