@@ -35,7 +35,7 @@ def _datamodule(tiny_world: Path, *overrides: str) -> LlavaDataModule:
     OmegaConf.resolve(cfg)
     world = tiny_world / "tiny-world"
     assert Path(cfg.world.root) == world
-    return instantiate(cfg.data.instruct)(  # the call of lmm.pipeline.train_stage
+    return instantiate(cfg.data.instruct)(  # the call of lmm.train.stage.train_stage
         template=VicunaV1Template(), tokenizer=AutoTokenizer.from_pretrained(world / "tokenizer"),
         image_transform=ImageTransform.from_pretrained(world / "clip-tiny-res224"), max_text_length=200,
         micro_batch_size=4, seed=0, output_dir=None, visual_tokens=None)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from lmm.config import to_plain
 from lmm.log import log
 
 
@@ -51,10 +52,10 @@ def _wandb_logger(cfg: DictConfig, spec: DictConfig, run_dir: Path) -> WandbLogg
     key = str(run_dir)
     if key not in _WANDB:
         configure_wandb_env(run_dir)
-        kwargs = OmegaConf.to_container(spec, resolve=True)
+        kwargs = to_plain(spec)
         cls = get_class(kwargs.pop("_target_"))  # not instantiate(): its own first parameter is named `config`
         logger = cls(**kwargs, save_dir=str(run_dir), name=run_dir.name, id=run_dir.name, resume="allow",
-                     config=OmegaConf.to_container(cfg, resolve=True))
+                     config=to_plain(cfg))
         # Lightning always passes `anonymous` to wandb.init, which W&B answers with a deprecation warning on every
         # run; lmm never uses it, so the key is dropped where Lightning keeps its init arguments.
         logger._wandb_init.pop("anonymous", None)

@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from lmm.config import ConfigError
+from lmm.config import ConfigError, to_plain
 
 GB = 1e9  # the estimate and trainer.memory_check.device_memory_gb count in GB of 1e9 bytes
 
@@ -292,6 +292,6 @@ def check_training_memory(cfg: DictConfig, stage: str, log: Callable[[str], None
 def without_memory_check(tcfg: DictConfig) -> DictConfig:
     """The trainer config, resolved (its interpolations may point outside it, e.g. to `sharding`), without lmm's
     `memory_check` block, which Lightning's Trainer does not take."""
-    plain = OmegaConf.to_container(tcfg, resolve=True)
+    plain = to_plain(tcfg)
     plain.pop("memory_check", None)
     return OmegaConf.create(plain)
