@@ -12,7 +12,7 @@ from typing import Any
 from lmm.data.formats import SHORT_ANSWER
 from lmm.data.templates import VICUNA_V1_SYSTEM, VicunaV1Template
 from lmm.model.preprocess import ImageTransform
-from lmm.world.noise import WORDS
+from lmm.world.noise import WORDS, write_source
 from lmm.world.zoo import build_tokenizer
 
 
@@ -43,3 +43,12 @@ def lmm_messages() -> Iterator[list[str]]:
         yield messages
     finally:
         logger.removeHandler(handler)
+
+
+def image_and_text_sources(root: Path, n_image: int, n_text: int) -> list[dict[str, str]]:
+    """Two source specs over `root`: `img` (every record with an image) and `txt` (text-only), 1-2 turns each."""
+    specs = []
+    for name, n, frac in (("img", n_image, 1.0), ("txt", n_text, 0.0)):
+        records, image_root = write_source(root, name, n, image_fraction=frac, seed=len(name), turns=(1, 2))
+        specs.append({"name": name, "records": str(records), "image_root": str(image_root)})
+    return specs

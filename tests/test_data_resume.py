@@ -13,19 +13,13 @@ from lmm.data.args import LoaderArgs, MixtureArgs, StoreArgs
 from lmm.data.datamodule import LlavaDataModule
 from lmm.train.accounting import DataAccounting
 from lmm.train.callbacks import TrainedTally
-from lmm.world.noise import write_source
-from tests.synthetic import data_kit
+from tests.synthetic import data_kit, image_and_text_sources
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    kit = data_kit(root / "kit")
-    sources = []
-    for name, n, frac in (("img", 40, 1.0), ("txt", 30, 0.0)):
-        records, image_root = write_source(root, name, n, image_fraction=frac, seed=len(name), turns=(1, 2))
-        sources.append({"name": name, "records": str(records), "image_root": str(image_root)})
-    return kit, sources, root
+    return data_kit(root / "kit"), image_and_text_sources(root, 40, 30), root
 
 
 class Recorder(L.LightningModule):

@@ -14,9 +14,8 @@ from lmm.data.args import LoaderArgs, StoreArgs
 from lmm.data.datamodule import LlavaDataModule
 from lmm.data.mixture import MixturePlan, SourceInfo
 from lmm.train.callbacks import TrainedTally
-from lmm.world.noise import write_source
 from tests.conftest import BatchConsumer
-from tests.synthetic import data_kit
+from tests.synthetic import data_kit, image_and_text_sources
 
 
 def _infos(sizes: list[int], image_every: int = 3) -> list[SourceInfo]:
@@ -99,12 +98,7 @@ def test_a_whole_epoch_keeps_its_order():
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("last-step")
-    kit = data_kit(root / "kit")
-    out = []
-    for name, n, frac in (("img", 24, 1.0), ("txt", 17, 0.0)):
-        records, image_root = write_source(root, name, n, image_fraction=frac, seed=len(name), turns=(1, 2))
-        out.append({"name": name, "records": str(records), "image_root": str(image_root)})
-    return kit, out, root
+    return data_kit(root / "kit"), image_and_text_sources(root, 24, 17), root
 
 
 class IdRecorder(BatchConsumer):
