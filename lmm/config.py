@@ -30,6 +30,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("lmm_run_id", new_run_id, use_cache=True)
     if not OmegaConf.has_resolver("lmm_bf16_precision"):
         OmegaConf.register_new_resolver("lmm_bf16_precision", bf16_precision)
+    if not OmegaConf.has_resolver("lmm_world_dir"):
+        from lmm.world.spec import world_dir_name
+
+        OmegaConf.register_new_resolver("lmm_world_dir", world_dir_name)
 
 
 def fingerprint(cfg: DictConfig, keys: list[str]) -> str:

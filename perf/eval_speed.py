@@ -90,10 +90,10 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from lmm.export import export_hf_llava
-    from lmm.world.build import ensure_world
+    from lmm.world.build import configured_world
 
     hf_logging.set_verbosity_error()
-    world = ensure_world(str(Path(args.cache) / "tiny-world"))
+    world = configured_world(Path(args.cache))
     bench_dir = world / "data" / "eval"
     model, tokenizer, transform = load_model(args, world)
     template = VicunaV1Template()

@@ -113,7 +113,7 @@ def train_step_rate(world: Path, batches: list[dict[str, Any]]) -> dict[str, flo
     register_resolvers()
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"paths.cache_dir={world.parent}"])
+        cfg = compose(config_name="config", overrides=[f"paths.cache_dir={world.parent.parent}"])
     model = build_model(cfg)
     model.encoder.requires_grad_(False)
     params = [p for n, p in model.named_parameters() if not n.startswith("encoder")]
@@ -220,15 +220,16 @@ def main() -> None:
 
     from transformers import AutoTokenizer, CLIPImageProcessorPil
 
-    from lmm.world.build import ensure_world
+    from lmm.world.build import configured_world
 
-    world = ensure_world(str(Path(args.cache_dir or out / "cache") / "tiny-world"))
+    world = configured_world(Path(args.cache_dir or out / "cache"))
     tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
     tower = world / "clip-tiny-res224"
     transform = ImageTransform.from_pretrained(tower, aspect="pad")
     processor = CLIPImageProcessorPil.from_pretrained(tower)
     data = world / "data"
-    tiny = [{"name": "instruct_mix", "records": str(data / "instruct.json"), "image_root": str(data)}]
+    mix = data / "llava_v1_5_mix665k.json"  # the world's whole stage-2 mixture, read as one source
+    tiny = [{"name": "instruct_mix", "records": str(mix), "image_root": str(data)}]
     cache = out / "stores"
     report: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
 
@@ -239,7 +240,7 @@ def main() -> None:
     for workers in (0, 2):
         rows[f"lmm_tiny_w{workers}"] = timed_epoch(lmm_module(tiny, tokenizer, transform, cache, workers, 16)
                                                    .train_dataloader())
-        rows[f"naive_tiny_w{workers}"] = timed_epoch(naive_loader(data / "instruct.json", data, processor, tokenizer,
+        rows[f"naive_tiny_w{workers}"] = timed_epoch(naive_loader(mix, data, processor, tokenizer,
                                                                   workers, 16))
     batches = list(lmm_module(tiny, tokenizer, transform, cache, 0, 16).train_dataloader())[: args.steps + 3]
     rows["train_step_tiny"] = train_step_rate(world, batches)

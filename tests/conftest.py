@@ -68,13 +68,26 @@ class BatchConsumer(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=1e-3)
 
 
+SMALL_WORLD = "world=small"  # conf/world/small.yaml: the world the tests build once per session
+
+
+def world_root(cache: Path) -> Path:
+    """The folder of the small world under a cache dir (named by its spec's hash, as every world is)."""
+    from tests.test_config import cfg_of
+
+    return Path(cfg_of(SMALL_WORLD, f"paths.cache_dir={cache}").world.root)
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny world (backbones + a small dataset) built once for the whole test session."""
+    """A cache dir holding the small world (data + zoo), built once for the whole test session: tests pass
+    `world=small paths.cache_dir=<it>` and build nothing."""
     from lmm.world.build import ensure_world
+    from tests.test_config import cfg_of
 
     cache = tmp_path_factory.mktemp("cache")
-    ensure_world(str(cache / "tiny-world"), num_align=96, num_instruct=96, num_eval=16)
+    cfg = cfg_of(SMALL_WORLD, f"paths.cache_dir={cache}")
+    ensure_world(cfg.world.root, cfg.world.spec, progress=False)
     return cache
 
 

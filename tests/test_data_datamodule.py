@@ -21,19 +21,24 @@ from lmm.data.formats import SHORT_ANSWER
 from lmm.data.templates import VicunaV1Template
 from lmm.model.preprocess import ImageTransform
 from lmm.train.callbacks import TrainedTally
-from tests.conftest import BatchConsumer
+from tests.conftest import SMALL_WORLD, BatchConsumer, world_root
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_resolvers()
 
 
+# LLaVA-Instruct, VQAv2 and ShareGPT of the small world, weighed 0.5 / 0.3 / 0.2 (ShareGPT upsampled)
+THREE_SOURCES = ["data=mix1_vqav2", "data.catalog.sharegpt.enabled=true",
+                 "data.instruct.mixture.weights={llava_instruct:0.5,vqav2:0.3,sharegpt:0.2}"]
+
+
 def _datamodule(tiny_world: Path, *overrides: str) -> LlavaDataModule:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["data=world_mix", f"paths.cache_dir={tiny_world}",
+        cfg = compose(config_name="config", overrides=[*THREE_SOURCES, SMALL_WORLD, f"paths.cache_dir={tiny_world}",
                                                        "data.instruct.mixture.num_samples=96", "data.num_workers=0",
                                                        *overrides])
     OmegaConf.resolve(cfg)
-    world = tiny_world / "tiny-world"
+    world = world_root(tiny_world)
     assert Path(cfg.world.root) == world
     return instantiate(cfg.data.instruct)(  # the call of lmm.train.stage.train_stage
         template=VicunaV1Template(), tokenizer=AutoTokenizer.from_pretrained(world / "tokenizer"),
@@ -43,7 +48,7 @@ def _datamodule(tiny_world: Path, *overrides: str) -> LlavaDataModule:
 
 def test_world_mixture_streams_weighted_single_modality_batches(tiny_world):
     dm = _datamodule(tiny_world)
-    assert dm.source_names == ["llava_instruct", "vqav2", "sharegpt"]
+    assert dm.source_names == ["llava_instruct", "sharegpt", "vqav2"]
     assert dm.loader_args.group_by_modality_length and dm.loader_args.num_workers == 0
     batches = list(dm.train_dataloader())
     counts = Counter(s for b in batches for s in b["sources"])
@@ -89,7 +94,7 @@ def test_a_remainder_is_trained_in_a_last_smaller_step(tiny_world):
 def test_format_prompt_is_a_switch_on_the_same_files(tiny_world):
     def vqa_text(dm: LlavaDataModule) -> str:
         ds = dm.dataset()
-        return dm.tokenizer.decode([t for t in ds[(1, 0)]["input_ids"].tolist() if t >= 0])
+        return dm.tokenizer.decode([t for t in ds[(dm.source_names.index("vqav2"), 0)]["input_ids"].tolist() if t >= 0])
 
     assert SHORT_ANSWER in vqa_text(_datamodule(tiny_world))
     assert SHORT_ANSWER not in vqa_text(_datamodule(tiny_world, "data.catalog.vqav2.format_prompt=false"))
@@ -107,7 +112,7 @@ def test_example_records_extract_images_of_a_store_only_source(tiny_world, tmp_p
     for rec, root in examples:
         assert root == tmp_path / "examples" / "conv" and (root / rec.image).stat().st_size > 0
     first, root = _datamodule(tiny_world).example_records(1)[0]
-    assert root == tiny_world / "tiny-world" / "data"  # the source's own image root when it holds the images
+    assert root == world_root(tiny_world) / "data"  # the source's own image root when it holds the images
 
 
 def test_packing_needs_the_visual_token_count(tiny_world):
@@ -153,7 +158,7 @@ def test_other_conversion_settings_get_their_own_folder(tiny_world):
     """Changing verify_images or chunk_bytes converts anew instead of reusing a conversion made otherwise."""
     base = _datamodule(tiny_world)
     base.setup()
-    decode = _datamodule(tiny_world, "+data.instruct.policy.verify_images=decode")
+    decode = _datamodule(tiny_world, "data.instruct.policy.verify_images=decode")
     decode.setup()
     assert base.readers[0].location != decode.readers[0].location
     again = _datamodule(tiny_world)
@@ -177,7 +182,7 @@ def test_a_misspelled_data_setting_fails_when_the_stage_is_built(tiny_world, ove
 def test_the_datamodule_takes_no_loose_options(tiny_world):
     """Every data setting sits in its group: an option given loose (as before the groups) is refused, not ignored."""
     kit = {"template": VicunaV1Template(), "tokenizer": None, "image_transform": None}
-    source = [{"name": "s", "records": str(tiny_world / "tiny-world" / "data" / "instruct.json")}]
+    source = [{"name": "s", "records": str(world_root(tiny_world) / "data" / "llava_v1_5_mix665k.json")}]
     with pytest.raises(TypeError, match="num_workers"):
         LlavaDataModule(source, **kit, max_text_length=8, micro_batch_size=1, num_workers=2)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['shards'\] \(`shards` is now called `store`\)"):

@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import SMALL_WORLD
+
 ROOT = Path(__file__).resolve().parents[1]
 # the tiny world of tests/conftest.py (built once per session), so these runs build nothing
-WORLD = ["world.num_align=96", "world.num_instruct=96", "world.num_eval=16"]
+WORLD = [SMALL_WORLD]
 TWO_CPUS = ["trainer.accelerator=cpu", "trainer.devices=2", "logger=csv", "data.num_workers=0"]
 # 4 samples per device in micro-batches of 2: the accumulation path runs too
 SMALL = [f"stage.{s}.{k}={v}" for s in ("align", "instruct")

@@ -28,6 +28,7 @@ from lmm.eval.tasks import (
     VizWiz,
     VQAv2,
 )
+from tests.conftest import SMALL_WORLD, world_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def suite_config(cache: Path, suite: str = "tiny", overrides: tuple[str, ...] = 
     has_default = any(line.strip().startswith("- eval:") for line in (ROOT / "conf" / "config.yaml").open())
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=[f"{'' if has_default else '+'}eval={suite}", f"paths.cache_dir={cache}",
-                                            *overrides])
+                                            SMALL_WORLD, *overrides])
 
 
 def oracle(bench, q: Question) -> str:
@@ -55,6 +56,8 @@ def oracle(bench, q: Question) -> str:
         return ref.capitalize()
     if kind == "mmvet":
         return " and ".join(ref.split("<AND>")).split("<OR>")[0]
+    if kind == "refcoco":
+        return bench.reference_text(q)  # "[x1, y1, x2, y2]", two decimals
     return ref
 
 
@@ -65,7 +68,7 @@ def benches(tiny_world):
 
 
 def test_every_analog_loads_with_llava_prompts(benches):
-    assert len(benches) == 12
+    assert len(benches) == 13  # the twelve + RefCOCO
     for name, bench in benches.items():
         qs = bench.questions()
         assert qs and [q.uid for q in qs] == list(range(len(qs))), name
@@ -104,7 +107,8 @@ def test_every_analog_loads_with_llava_prompts(benches):
 def test_oracle_answers_score_perfectly_and_wrong_ones_do_not(benches):
     expect = {"vqav2": ("acc", 1.0), "gqa": ("acc", 1.0), "vizwiz": ("acc", 1.0), "scienceqa": ("acc_img", 1.0),
               "textvqa": ("acc", 1.0), "pope": ("mean_f1", 1.0), "mmbench": ("acc", 1.0), "mmbench_cn": ("acc", 1.0),
-              "seed": ("acc_image", 1.0), "mmvet": ("score", 100.0), "llava_bench": ("score", 100.0)}
+              "seed": ("acc_image", 1.0), "mmvet": ("score", 100.0), "llava_bench": ("score", 100.0),
+              "refcoco": ("acc", 1.0)}
     for name, bench in benches.items():
         qs = bench.questions()
         scored = bench.score(qs, [oracle(bench, q) for q in qs])
@@ -162,7 +166,7 @@ def test_answer_records_follow_llava(benches):
 
 
 def test_subset_keeps_groups_together(tiny_world):
-    base = tiny_world / "tiny-world" / "data" / "eval"
+    base = world_root(tiny_world) / "data" / "eval"
     kwargs = {"questions": base / "MME" / "llava_mme.jsonl", "gt_root": base / "MME" / "MME_Benchmark_release_version"}
     full = MME(**kwargs).questions()
     sub = MME(**kwargs, subset=3, subset_seed=1).questions()
@@ -204,7 +208,7 @@ def test_errors_name_file_and_line(tmp_path):
 
 
 def test_structured_file_errors(tiny_world, tmp_path):
-    base = tiny_world / "tiny-world" / "data" / "eval"
+    base = world_root(tiny_world) / "data" / "eval"
     # a TSV row with a field missing names its line
     tsv = (base / "mmbench" / "mmbench_dev_20230712.tsv").read_text().splitlines()
     broken = tmp_path / "mmb.tsv"
@@ -239,7 +243,7 @@ def test_textvqa_question_recovery_and_vizwiz_build(tiny_world):
     assert TextVQA.question_of("What is it?\n" + SHORT_ANSWER) == "what is it?"
     with pytest.raises(BenchmarkFileError, match="unexpected layout"):
         TextVQA.question_of("one line only", "f.jsonl:3")
-    base = tiny_world / "tiny-world" / "data" / "eval"
+    base = world_root(tiny_world) / "data" / "eval"
     built = VizWiz(image_root=base / "vizwiz" / "val", annotations=base / "vizwiz" / "val.json").questions()
     from_file = VizWiz(base / "vizwiz" / "llava_val.jsonl", base / "vizwiz" / "val.json", base / "vizwiz" / "val"
                        ).questions()
@@ -337,8 +341,10 @@ def test_mmbench_prompt_layout_with_and_without_hint(tmp_path):
 # model_vqa_science (SQA) and model_vqa_mmbench (MMBench, -CN). The tiny analogs shorten this on purpose (the tiny
 # world's answers are a few tokens; open-ended ones a sentence), keeping their real config as their parent.
 PAPER_MAX_NEW_TOKENS = {"vqav2": 128, "gqa": 128, "vizwiz": 128, "textvqa": 128, "pope": 128, "mme": 128, "seed": 128,
-                        "llava_bench": 1024, "mmvet": 1024, "scienceqa": 1024, "mmbench": 1024, "mmbench_cn": 1024}
-TINY_MAX_NEW_TOKENS = {f"tiny_{k}": (48 if k in ("llava_bench", "mmvet") else 8) for k in PAPER_MAX_NEW_TOKENS}
+                        "llava_bench": 1024, "mmvet": 1024, "scienceqa": 1024, "mmbench": 1024, "mmbench_cn": 1024,
+                        "refcoco": 128}  # RefCOCO: not LLaVA's; model_vqa_loader's budget
+TINY_MAX_NEW_TOKENS = {f"tiny_{k}": (48 if k in ("llava_bench", "mmvet") else 32 if k == "refcoco" else 8)
+                       for k in PAPER_MAX_NEW_TOKENS}  # a box is ~15-25 tokens
 BENCHMARK_CONFIGS = sorted(p.stem for p in (ROOT / "conf" / "eval" / "benchmark").glob("*.yaml"))
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lmm.model.io import save_lmm_model
+from tests.conftest import SMALL_WORLD, world_root
 from tests.test_eval_inference import world_model
 from tests.test_eval_runner import _bare_encoder, _model_on
 
 ROOT = Path(__file__).resolve().parents[1]
 # the session's tiny world (tests/conftest.py), so nothing is rebuilt
-WORLD = ["world.num_align=96", "world.num_instruct=96", "world.num_eval=16"]
+WORLD = [SMALL_WORLD]
 
 
 def _run_eval(tmp_path: Path, tiny_world: Path, *args: str) -> subprocess.CompletedProcess:
@@ -29,7 +30,7 @@ def _run_eval(tmp_path: Path, tiny_world: Path, *args: str) -> subprocess.Comple
 
 
 def test_task_eval_on_a_saved_model(tiny_world, tmp_path):
-    world = tiny_world / "tiny-world"
+    world = world_root(tiny_world)
     model, tokenizer, _ = world_model(world, seed=2)
     config = OmegaConf.create({"model": {"encoder": {"pretrained": str(world / "clip-tiny-res224")}}})
     save_lmm_model(model.state_dict(), model, tmp_path / "runs" / "saved" / "instruct", tokenizer=tokenizer,
@@ -39,7 +40,7 @@ def test_task_eval_on_a_saved_model(tiny_world, tmp_path):
     run = tmp_path / "out" / "runs" / "ev"
     results = json.loads((run / "results.json").read_text())
     benches = results["eval"]["benchmarks"]
-    assert len(benches) == 10 and "tiny_mmbench_cn" not in benches
+    assert len(benches) == 11 and "tiny_mmbench_cn" not in benches  # the tiny suite of 13, less two
     for name, entry in benches.items():
         assert (run / "eval" / name / "answers.jsonl").exists()
         assert entry["num_scored"] == entry["num_questions"] > 0
@@ -52,11 +53,11 @@ def test_task_eval_on_a_saved_model(tiny_world, tmp_path):
 
 def test_task_eval_with_a_suite_and_a_lightning_checkpoint(tiny_world, tmp_path):
     """eval=<suite> on the command line scores exactly that suite; checkpoint=<run>/instruct/checkpoints/last.ckpt
-    evaluates the stage's model folder, at the model's own 48px although the config's encoder is the 32px one."""
-    world = tiny_world / "tiny-world"
+    evaluates the stage's model folder, at the model's own 96px although the config's encoder is the 64px one."""
+    world = world_root(tiny_world)
     model = _model_on(_bare_encoder(world, tmp_path), world)
     _, tokenizer, _ = world_model(world)
-    stage = tmp_path / "runs" / "r48" / "instruct"
+    stage = tmp_path / "runs" / "r96" / "instruct"
     save_lmm_model(model.state_dict(), model, stage, tokenizer=tokenizer,
                    config=OmegaConf.create({"stage": {"instruct": {"image_aspect": "pad"}}}))
     (stage / "checkpoints").mkdir()
@@ -67,10 +68,11 @@ def test_task_eval_with_a_suite_and_a_lightning_checkpoint(tiny_world, tmp_path)
     run = tmp_path / "out" / "runs" / "ladder"
     results = json.loads((run / "results.json").read_text())["eval"]
     assert results["suite"] == "tiny_ladder"
-    assert list(results["benchmarks"]) == ["tiny_gqa", "tiny_mme", "tiny_mmvet"]
-    assert sorted(p.name for p in (run / "eval").iterdir() if p.is_dir()) == ["tiny_gqa", "tiny_mme", "tiny_mmvet"]
-    assert {k.split("/")[1] for k in results["summary"]} == {"tiny_gqa", "tiny_mme", "tiny_mmvet"}
+    ladder = ["tiny_gqa", "tiny_mme", "tiny_mmvet", "tiny_refcoco"]
+    assert list(results["benchmarks"]) == ladder
+    assert sorted(p.name for p in (run / "eval").iterdir() if p.is_dir()) == ladder
+    assert {k.split("/")[1] for k in results["summary"]} == set(ladder)
     for entry in results["benchmarks"].values():
         assert entry["num_scored"] == entry["num_questions"] > 0 and entry["headline"] is not None
-    assert results["model_id"] == "r48"
-    assert results["protocol"]["image_size"] == 48 and results["protocol"]["image_aspect"] == "pad"
+    assert results["model_id"] == "r96"
+    assert results["protocol"]["image_size"] == 96 and results["protocol"]["image_aspect"] == "pad"

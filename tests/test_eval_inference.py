@@ -27,13 +27,19 @@ from lmm.model.encoder import VisionEncoder
 from lmm.model.llava import LlavaModel
 from lmm.model.llm import load_llm, load_tokenizer
 from lmm.model.preprocess import ImageTransform
+from tests.conftest import world_root
 
 
 def world_model(world: Path, seed: int = 0) -> tuple[LlavaModel, object, ImageTransform]:
-    """The tiny world's backbones with a random connector: untrained, so its greedy answers vary a lot."""
+    """The tiny world's backbones with a random connector and random LLM weights: its greedy answers vary a lot, so
+    a mix-up between questions would show (the small world's LLM is pretrained for a few steps only)."""
     encoder = VisionEncoder.from_pretrained(str(world / "clip-tiny-res224"))
     llm = load_llm(str(world / "llama-tiny"))
     torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in llm.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
     connector = MLPConnector(encoder.hidden_size, llm.config.hidden_size)
     model = LlavaModel(encoder, connector, llm, max_length=512).eval()
     return model, load_tokenizer(str(world / "llama-tiny")), ImageTransform.from_pretrained(
@@ -51,7 +57,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def setup(tiny_world):
-    world = tiny_world / "tiny-world"
+    world = world_root(tiny_world)
     eval_dir = world / "data" / "eval"
     sqa = ScienceQA(eval_dir / "scienceqa" / "llava_test_CQM-A.json", eval_dir / "scienceqa" / "images" / "test",
                     eval_dir / "scienceqa" / "problems.json", image_only=False, max_new_tokens=12)
@@ -114,3 +120,18 @@ def test_merge_refuses_gaps_and_conflicts():
         merge_answers([(0, "a")], 2)
     with pytest.raises(RuntimeError, match="answered twice, differently"):
         merge_answers([(0, "a"), (0, "b")], 1)
+
+
+def test_a_blind_evaluation_shows_grey_in_place_of_every_image(setup):
+    from PIL import Image
+
+    from lmm.eval.inference import BLANK
+
+    _, tokenizer, transform, questions = setup
+    with_images = [q for q in questions if q.image is not None][:3]
+    seeing = QuestionDataset(with_images, VicunaV1Template(), tokenizer, transform, sort_by_length=False)
+    blind = QuestionDataset(with_images, VicunaV1Template(), tokenizer, transform, sort_by_length=False, blind=True)
+    for i, q in enumerate(with_images):
+        grey = transform(Image.new("RGB", q.load_image().size, BLANK))
+        assert torch.equal(blind[i]["image"], grey) and not torch.equal(seeing[i]["image"], grey)
+        assert blind[i]["input_ids"] == seeing[i]["input_ids"]  # the question is unchanged

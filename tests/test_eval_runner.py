@@ -21,6 +21,7 @@ from lmm.model.io import load_checkpoint, save_lmm_model
 from lmm.model.llava import LlavaModel
 from lmm.model.llm import load_llm, load_tokenizer
 from lmm.model.preprocess import CLIP_MEAN, ImageTransform
+from tests.conftest import world_root
 from tests.test_eval_benchmarks import suite_config
 from tests.test_eval_inference import world_model
 
@@ -38,7 +39,7 @@ def small_suite(cache: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def saved(tiny_world, tmp_path_factory):
     """An lmm model folder (as the instruct stage writes it) and its Hugging Face Llava export."""
-    world = tiny_world / "tiny-world"
+    world = world_root(tiny_world)
     model, tokenizer, _ = world_model(world, seed=1)
     out = tmp_path_factory.mktemp("ckpt")
     config = OmegaConf.create({"model": {"encoder": {"pretrained": str(world / "clip-tiny-res224")}}})
@@ -240,46 +241,46 @@ def _model_on(encoder_dir: Path, world: Path) -> LlavaModel:
 
 
 def test_saved_model_evaluates_with_its_own_resolution(tiny_world, tmp_path):
-    """A 48px model saved from an encoder folder with no preprocessor config, evaluated under a config whose encoder
-    is the 32px res224 tower: the model folder's own preprocessing is used."""
-    world = tiny_world / "tiny-world"
+    """A 96px model saved from an encoder folder with no preprocessor config, evaluated under a config whose encoder
+    is the 64px res224 tower: the model folder's own preprocessing is used."""
+    world = world_root(tiny_world)
     bare = _bare_encoder(world, tmp_path)
     model = _model_on(bare, world)
     tokenizer = load_tokenizer(str(world / "llama-tiny"))
     config = OmegaConf.create({"model": {"encoder": {"pretrained": str(bare)}},
                                "stage": {"instruct": {"image_aspect": "pad"}}})
     with pytest.warns(UserWarning, match="no image processor config"):
-        save_lmm_model(model.state_dict(), model, tmp_path / "runs" / "r48" / "instruct", tokenizer=tokenizer,
+        save_lmm_model(model.state_dict(), model, tmp_path / "runs" / "r96" / "instruct", tokenizer=tokenizer,
                        config=config)
-    written = json.loads((tmp_path / "runs" / "r48" / "instruct" / "model" / "encoder" /
+    written = json.loads((tmp_path / "runs" / "r96" / "instruct" / "model" / "encoder" /
                           "preprocessor_config.json").read_text())
-    assert written["crop_size"] == {"height": 48, "width": 48} and written["size"] == {"shortest_edge": 48}
+    assert written["crop_size"] == {"height": 96, "width": 96} and written["size"] == {"shortest_edge": 96}
     assert written["image_mean"] == pytest.approx(list(CLIP_MEAN)) and written["image_aspect_ratio"] == "pad"
-    assert AutoImageProcessor.from_pretrained(tmp_path / "runs" / "r48" / "instruct" / "model" / "encoder")
+    assert AutoImageProcessor.from_pretrained(tmp_path / "runs" / "r96" / "instruct" / "model" / "encoder")
 
-    loaded = load_checkpoint(tmp_path / "runs" / "r48")
-    assert loaded.image_processor.image_size == 48 and loaded.image_processor.aspect == "pad"
+    loaded = load_checkpoint(tmp_path / "runs" / "r96")
+    assert loaded.image_processor.image_size == 96 and loaded.image_processor.aspect == "pad"
     cfg = small_suite(tiny_world)
-    assert cfg.model.encoder.pretrained.endswith("clip-tiny-res224")  # the eval config says 32px
+    assert cfg.model.encoder.pretrained.endswith("clip-tiny-res224")  # the eval config says 64px
     with open_dict(cfg):
         cfg.eval.benchmarks = {"tiny_gqa": cfg.eval.benchmarks.tiny_gqa}
         cfg.eval.benchmarks.tiny_gqa.limit = 3
     results = evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path / "ev", image_processor=loaded.image_processor,
                        trainer_kwargs=CPU)
-    assert results["protocol"]["image_size"] == 48 and results["protocol"]["image_aspect"] == "pad"
-    assert results["protocol"]["image_preprocessing"]["crop_size"] == {"height": 48, "width": 48}
+    assert results["protocol"]["image_size"] == 96 and results["protocol"]["image_aspect"] == "pad"
+    assert results["protocol"]["image_preprocessing"]["crop_size"] == {"height": 96, "width": 96}
     assert results["benchmarks"]["tiny_gqa"]["num_questions"] == 3
-    # without image_processor: still the model's own (its encoder's folder), not the config's 32px encoder
+    # without image_processor: still the model's own (its encoder's folder), not the config's 64px encoder
     results = evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path / "ev2", trainer_kwargs=CPU)
-    assert results["protocol"]["image_size"] == 48 and results["protocol"]["image_preprocessing"] == \
+    assert results["protocol"]["image_size"] == 96 and results["protocol"]["image_preprocessing"] == \
         loaded.image_processor.processor_config()
-    with pytest.raises(ValueError, match="clip-tiny-res224 crops images to 32px, but the encoder it belongs to takes "
-                                         "48px"):  # the config's encoder, passed on purpose
+    with pytest.raises(ValueError, match="clip-tiny-res224 crops images to 64px, but the encoder it belongs to takes "
+                                         "96px"):  # the config's encoder, passed on purpose
         evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path / "ev3", trainer_kwargs=CPU,
                  image_processor=cfg.model.encoder.pretrained)
-    with pytest.raises(ValueError, match="makes 32px images, but the model's encoder takes 48px"):
+    with pytest.raises(ValueError, match="makes 64px images, but the model's encoder takes 96px"):
         evaluate(cfg, loaded.model, loaded.tokenizer, tmp_path / "ev4", trainer_kwargs=CPU,
-                 image_processor=ImageTransform(32))
+                 image_processor=ImageTransform(64))
 
 
 def test_saved_preprocessing_comes_from_the_hub_processor_and_the_stage(tiny_world, tmp_path, monkeypatch):
@@ -289,9 +290,9 @@ def test_saved_preprocessing_comes_from_the_hub_processor_and_the_stage(tiny_wor
 
     from lmm.eval.runner import _image_transform
 
-    world = tiny_world / "tiny-world"
+    world = world_root(tiny_world)
     model = _model_on(world / "clip-tiny-res336", world)
-    hub = {"size": {"shortest_edge": 52}, "crop_size": {"height": 48, "width": 48}, "do_center_crop": True,
+    hub = {"size": {"shortest_edge": 104}, "crop_size": {"height": 96, "width": 96}, "do_center_crop": True,
            "image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6], "resample": 2}
 
     def fake_hub(path, **kwargs):
@@ -307,7 +308,7 @@ def test_saved_preprocessing_comes_from_the_hub_processor_and_the_stage(tiny_wor
     loaded = load_checkpoint(tmp_path / "stage")
     t = loaded.image_processor
     assert (t.image_size, t.resize_size, t.mean, t.std, int(t.resample), t.aspect) == \
-        (48, 52, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), 2, "crop")
+        (96, 104, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), 2, "crop")
     cfg = OmegaConf.create({"eval": {"image_aspect": None}})
     assert _image_transform(cfg, loaded.model, t)[0].aspect == "crop"
     cfg.eval.image_aspect = "pad"
@@ -315,11 +316,11 @@ def test_saved_preprocessing_comes_from_the_hub_processor_and_the_stage(tiny_wor
 
 
 def test_preprocessing_that_disagrees_with_the_encoder_is_refused(tiny_world, tmp_path):
-    world = tiny_world / "tiny-world"
+    world = world_root(tiny_world)
     model = _model_on(world / "clip-tiny-res336", world)
     wrong = OmegaConf.create({"model": {"encoder": {"pretrained": str(world / "clip-tiny-res224")}}})
-    with pytest.raises(ValueError, match="clip-tiny-res224 crops images to 32px, but the encoder it belongs to "
-                                         "takes 48px"):
+    with pytest.raises(ValueError, match="clip-tiny-res224 crops images to 64px, but the encoder it belongs to "
+                                         "takes 96px"):
         save_lmm_model(model.state_dict(), model, tmp_path / "bad", config=wrong)
     assert not (tmp_path / "bad").exists()  # refused before anything was written
     right = OmegaConf.create({"model": {"encoder": {"pretrained": str(world / "clip-tiny-res336")}}})
@@ -327,10 +328,10 @@ def test_preprocessing_that_disagrees_with_the_encoder_is_refused(tiny_world, tm
                    tokenizer=load_tokenizer(str(world / "llama-tiny")))
     file = tmp_path / "ok" / "model" / "encoder" / "preprocessor_config.json"
     settings = json.loads(file.read_text())
-    settings["crop_size"] = {"height": 32, "width": 32}
+    settings["crop_size"] = {"height": 64, "width": 64}
     file.write_text(json.dumps(settings))
-    with pytest.raises(ValueError, match=r"ok/model/encoder crops images to 32px, but the encoder it belongs to "
-                                         "takes 48px"):
+    with pytest.raises(ValueError, match=r"ok/model/encoder crops images to 64px, but the encoder it belongs to "
+                                         "takes 96px"):
         load_checkpoint(tmp_path / "ok")
 
 

@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import SMALL_WORLD
+
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["world.num_align=256", "world.num_instruct=256", "world.num_eval=8", "data.num_workers=0"]
+# the small world of tests/conftest.py (built once per session), each stage's epoch 256 samples (8 steps of 32)
+SMALL = [SMALL_WORLD, "data.num_workers=0", "data.align.mixture.num_samples=256",
+         "data.instruct.mixture.num_samples=256"]
 
 
 def env_for(tmp: Path, cache: Path) -> dict[str, str]:
@@ -38,8 +42,8 @@ def run_py(args: list[str], env: dict[str, str], timeout: int = 240) -> subproce
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+def cache(tiny_world) -> Path:
+    return tiny_world
 
 
 def test_default_job_trains_both_stages(tmp_path, cache):
@@ -150,7 +154,8 @@ def test_killed_run_resumes_at_its_checkpoint(tmp_path, cache, stage):
 
 @pytest.mark.parametrize("variant", [["model/connector=qformer_lite"], ["model/connector=linear"], ["input=res336"],
                                      ["model/encoder=siglip"], ["logger=none"],
-                                     ["data=world_mix", "trainer.log_every_n_steps=1"]],
+                                     ["data=mix1_vqav2", "data.catalog.sharegpt.enabled=true",
+                                      "trainer.log_every_n_steps=1"]],
                          ids=lambda v: v[0])
 def test_variants_run(tmp_path, cache, variant):
     env = env_for(tmp_path, cache)
@@ -160,12 +165,12 @@ def test_variants_run(tmp_path, cache, variant):
     if variant == ["logger=none"]:
         assert not (tmp_path / "out" / "runs" / "v" / "logs").exists()
         assert not (tmp_path / "out" / "runs" / "v" / "wandb").exists()
-    if variant[0] == "data=world_mix":  # a streamed three-source mixture, each source's share logged
+    if variant[0] == "data=mix1_vqav2":  # a streamed three-source mixture, each source's share logged
         header = (tmp_path / "out" / "runs" / "v" / "logs" / "instruct" / "metrics.csv").read_text().splitlines()[0]
         for source in ("llava_instruct", "vqav2", "sharegpt"):
             assert f"instruct/data/{source}/samples" in header and f"instruct/data/{source}/share" in header
     results = json.loads((tmp_path / "out" / "runs" / "v" / "results.json").read_text())
     tokens = results["stages"]["instruct"]["model/visual_tokens_per_image"]
-    expected = {"model/connector=qformer_lite": 32, "model/connector=linear": 16, "input=res336": 36,
-                "model/encoder=siglip": 16, "logger=none": 16, "data=world_mix": 16}[variant[0]]
+    expected = {"model/connector=qformer_lite": 32, "model/connector=linear": 64, "input=res336": 144,
+                "model/encoder=siglip": 64, "logger=none": 64, "data=mix1_vqav2": 64}[variant[0]]
     assert tokens == expected

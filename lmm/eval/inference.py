@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lmm.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
@@ -50,13 +51,21 @@ def prompt_text(ids: list[int], tokenizer: Any) -> str:
     return IMAGE_PLACEHOLDER.join(tokenizer.decode(p, skip_special_tokens=False) for p in pieces)
 
 
+BLANK = (128, 128, 128)  # what a blind evaluation shows in place of every image
+
+
 class QuestionDataset(Dataset):
-    """Tokenised prompts (built up front, they are cheap) and images (loaded lazily, in the workers)."""
+    """Tokenised prompts (built up front, they are cheap) and images (loaded lazily, in the workers).
+
+    `blind`: every image is replaced by a plain grey one of the same size, the control that shows how much of a
+    score the question text alone earns (a model that stays at chance blind has to look to score).
+    """
 
     def __init__(self, questions: Sequence[Question], template: Any, tokenizer: Any, transform: ImageTransform,
-                 sort_by_length: bool = True) -> None:
+                 sort_by_length: bool = True, blind: bool = False) -> None:
         self.questions = list(questions)
         self.transform = transform
+        self.blind = blind
         self.prompts = [template.prompt_ids(q.text, tokenizer, has_image=q.image is not None) for q in self.questions]
         order = list(range(len(self.questions)))
         if sort_by_length:  # longest first: similar lengths share a batch, and memory trouble shows up at once
@@ -70,6 +79,8 @@ class QuestionDataset(Dataset):
         k = self.order[i]
         q = self.questions[k]
         img = q.load_image()
+        if img is not None and self.blind:
+            img = Image.new("RGB", img.size, BLANK)
         return {"uid": q.uid, "input_ids": self.prompts[k],
                 "image": self.transform(img) if img is not None else None}
 

@@ -201,7 +201,7 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
                      "batch_size": int(ecfg.batch_size), "padding": "left (after splicing)",
                      "dtype": part_dtypes(model)["llm"], "dtypes": part_dtypes(model),  # measured again below
                      "eval_dtype": ecfg.get("dtype"), "precision": str(trainer.precision),
-                     "world_size": trainer.world_size},
+                     "world_size": trainer.world_size, "blind": bool(ecfg.get("blind", False))},
         "model": {"visual_tokens_per_image": model.num_visual_tokens,
                   "parameters": sum(p.numel() for p in model.parameters())},
         "versions": {**provenance(), "results_version": RESULTS_VERSION}, "benchmarks": {}, "summary": {}}
@@ -209,7 +209,7 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
     total_q, total_s = 0, 0.0
     for bench in benchmarks:
         qs = bench.questions()
-        dataset = QuestionDataset(qs, template, tokenizer, transform)
+        dataset = QuestionDataset(qs, template, tokenizer, transform, blind=bool(ecfg.get("blind", False)))
         loader = make_loader(dataset, tokenizer, int(ecfg.batch_size), int(ecfg.get("num_workers", 0)))
         decoding = Decoding(max_new_tokens=bench.max_new_tokens)
         module = EvalModule(model, tokenizer, template.stop_token_ids(tokenizer), decoding)

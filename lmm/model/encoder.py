@@ -8,6 +8,7 @@ import os
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, CLIPVisionModel, PreTrainedModel, SiglipVisionModel
+from transformers.utils import logging as hf_logging
 
 from lmm.constants import SELECT_FEATURES
 from lmm.model.preprocess import ImageTransform, encoder_transform
@@ -22,10 +23,24 @@ _VISION_CLASSES: dict[str, type[PreTrainedModel]] = {
 
 
 def load_vision_tower(pretrained: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """Load a vision tower by hub id or local folder through `from_pretrained`."""
+    """Load a vision tower by hub id or local folder through `from_pretrained`.
+
+    A full CLIP checkpoint (openai/clip-vit-large-patch14, the tiny world's CLIP) holds a text tower too: its weights
+    are expected to go unused, so transformers' report of them is kept quiet; a vision weight missing is an error.
+    """
     config = AutoConfig.from_pretrained(pretrained)
     cls = _VISION_CLASSES.get(config.model_type, AutoModel)
-    return cls.from_pretrained(pretrained, dtype=dtype)
+    if config.model_type != "clip":
+        return cls.from_pretrained(pretrained, dtype=dtype)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tower, info = cls.from_pretrained(pretrained, dtype=dtype, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info["missing_keys"]:
+        raise ValueError(f"{pretrained}: the vision tower's weights {sorted(info['missing_keys'])[:5]} are missing")
+    return tower
 
 
 class VisionEncoder(nn.Module):

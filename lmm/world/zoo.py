@@ -1,12 +1,20 @@
-"""The tiny world's zoo: small backbones of the real architectures (CLIP and SigLIP vision towers, Llama LMs) and a
-Llama-like tokenizer, randomly initialised and written with `save_pretrained`.
+"""The tiny world's zoo: a Llama-like tokenizer and small backbones of the real architectures (a CLIP image-text
+model at two resolutions, two Llama LMs), PRETRAINED on this CPU on the world's own images and text, written with
+`save_pretrained` and read back by the same `from_pretrained` calls that load the paper's checkpoints.
 
-They are read back by the same `from_pretrained` calls that load the paper's checkpoints, so the tiny preset runs
-the paper-scale loading path (conf/world/tiny.yaml says where each one is; lmm.world.build builds them).
+    build_tokenizer     a SentencePiece-like BPE that tokenises as Llama-2's does (below)
+    pretrain_clip       a full CLIPModel (vision + text towers), contrastive; the higher resolution is continued
+                        from the lower one (lmm.world.zoo_clip)
+    pretrain_llm        a LlamaForCausalLM, next-token loss on the world's text (lmm.world.pretrain)
+    build_siglip_tower  a SigLIP vision tower, randomly initialised (the SigLIP rung only needs its architecture)
+
+Every function takes its data as plain arguments (lmm.world.build renders the images and writes the text), every size
+and step count is a parameter, and a build is deterministic for its seed: same arguments, same bytes.
 """
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import torch
@@ -15,7 +23,6 @@ from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
     SiglipImageProcessorPil,
@@ -24,20 +31,36 @@ from transformers import (
 )
 
 from lmm.model.preprocess import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
+from lmm.world.pretrain import llama_config, pretrain_llm
+from lmm.world.zoo_clip import clip_image_processor, clip_text_tokenizer, pretrain_clip
+
+__all__ = ["build_tokenizer", "pretrain_clip", "pretrain_llm", "build_siglip_tower", "clip_image_processor",
+           "clip_text_tokenizer", "llama_config", "build_vision_tower", "build_llm"]
+
+SPECIALS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2 as in Llama's vocabulary
+PIECE_SEP = r"[\n.,?!:;]"  # characters that are always a piece of their own (never merged with a neighbour)
 
 
 def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """A SentencePiece-like BPE (Metaspace '▁', <unk>=0 <s>=1 </s>=2, BOS prepended), as Llama's tokenizer behaves."""
+    """A SentencePiece-like BPE trained on `texts` that tokenises as Llama-2's tokenizer does, saved to `out_dir`.
+
+    Like Llama-2 (SentencePiece, add_dummy_prefix, legacy): every section of text (the whole string, and each part
+    after a special token such as "</s>" or an added "<image>") gets "▁" prepended, a space becomes "▁" on the word
+    after it, and a newline is a piece of its own, never merged with "▁" ("USER: <image>\\nWhat" -> "▁", <image>, "▁",
+    "\\n", "What"). So a prompt tokenised whole, with <image> added as a special token, gives the same ids as LLaVA's
+    chunk-by-chunk tokenisation around <image> (lmm.data.templates.tokenize_prompt). Punctuation .,?!:; is a piece of
+    its own too. <unk>=0, <s>=1, </s>=2, BOS prepended, pad = <unk>, padding right. Characters outside `texts` and
+    printable ASCII are <unk> (no byte fallback).
+    """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    # Punctuation and newlines become pieces of their own, as SentencePiece's Llama vocabulary mostly keeps them.
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"[\n.,?!:;]"), behavior="isolated"),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")])
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    alphabet = sorted(set("".join(texts)) | set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-                                                 ".,:;!?'\"()-\n▁"))
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=alphabet, show_progress=False)
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        pre_tokenizers.Split(Regex(PIECE_SEP), behavior="isolated")])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    printable = set(string.ascii_letters + string.digits + string.punctuation + "\n▁")
+    alphabet = sorted((set("".join(texts)) | printable) - {" ", "\t", "\r", "\x0b", "\x0c"})
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=alphabet,
+                                  show_progress=False)
     tok.train_from_iterator(texts, trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
@@ -47,21 +70,12 @@ def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 1024) -> 
     return fast
 
 
-def build_vision_tower(out_dir: Path, image_size: int, patch_size: int = 8, hidden_size: int = 64,
-                       num_layers: int = 3, seed: int = 0) -> None:
-    """A randomly initialised CLIP vision tower plus its image-processor config."""
-    torch.manual_seed(seed)
-    config = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
-                              num_attention_heads=4, image_size=image_size, patch_size=patch_size,
-                              projection_dim=hidden_size)
-    CLIPVisionModel(config).save_pretrained(out_dir)
-    CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-                          image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(out_dir)
-
-
 def build_siglip_tower(out_dir: Path, image_size: int, patch_size: int = 8, hidden_size: int = 64,
                        num_layers: int = 3, seed: int = 0) -> None:
-    """A randomly initialised SigLIP vision tower (no CLS token, mean/std 0.5) plus its image-processor config."""
+    """A RANDOMLY INITIALISED SigLIP vision tower (no CLS token, mean/std 0.5) plus its image-processor config.
+
+    Not pretrained: it stands in for SigLIP's architecture and preprocessing only (conf/model/encoder/siglip.yaml).
+    """
     torch.manual_seed(seed)
     config = SiglipVisionConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size,
                                 num_hidden_layers=num_layers, num_attention_heads=4, image_size=image_size,
@@ -71,14 +85,23 @@ def build_siglip_tower(out_dir: Path, image_size: int, patch_size: int = 8, hidd
                             image_std=list(SIGLIP_STD)).save_pretrained(out_dir)
 
 
+def build_vision_tower(out_dir: Path, image_size: int, patch_size: int = 8, hidden_size: int = 64,
+                       num_layers: int = 3, seed: int = 0) -> None:
+    """A RANDOMLY INITIALISED CLIP vision tower plus its image-processor config (the zoo before pretraining; kept for
+    callers not yet moved to `pretrain_clip`)."""
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
+                              num_attention_heads=4, image_size=image_size, patch_size=patch_size,
+                              projection_dim=hidden_size)
+    CLIPVisionModel(config).save_pretrained(out_dir)
+    CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                          image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(out_dir)
+
+
 def build_llm(out_dir: Path, tokenizer: PreTrainedTokenizerFast, hidden_size: int = 128, num_layers: int = 4,
               seed: int = 0) -> None:
-    """A randomly initialised Llama with the tokenizer saved beside it."""
+    """A RANDOMLY INITIALISED Llama with the tokenizer saved beside it (the zoo before pretraining; kept for callers
+    not yet moved to `pretrain_llm`)."""
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=int(2.75 * hidden_size),
-                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(out_dir)
+    LlamaForCausalLM(llama_config(tokenizer, hidden_size, num_layers)).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -30,6 +30,7 @@ class SourceSpec:
     store: str | None = None  # a converted source: a URL (s3://, gs://, azure://, r2://, local:/path) read as is,
     #                           or a local folder (converted into from `records` when they are given)
     carve: str | None = None  # take only this source's records of `records` (lmm.data.sources.carve.SOURCES)
+    okvqa_ids: str | None = None  # a file of OKVQA record ids (one per line): the carve then tells OKVQA from VQAv2
     format: str = "none"  # response-format policy (lmm.data.formats.POLICIES)
     format_prompt: bool = True  # the policy's prompt on (appended where missing) or off (stripped)
     weight: float | None = None  # share of the mixture's num_samples (every source weighed, or none)
@@ -48,6 +49,10 @@ class SourceSpec:
         if self.carve is not None and self.carve not in SOURCES:
             raise ValueError(f"source {self.name!r}: carve={self.carve!r} is not a source of the 665K mixture; "
                              f"choose from {SOURCES}")
+        if self.carve == "okvqa" and not self.okvqa_ids and self.enabled and not self.store:
+            log.warning(f"source {self.name!r} is left out: without `okvqa_ids` the carve cannot tell OKVQA from "
+                        "VQAv2, so its records stay in vqav2 (spec §9)")
+            self.enabled = False
 
     @property
     def active(self) -> bool:
@@ -81,13 +86,16 @@ def ensure_store(spec: SourceSpec, cache_dir: str | Path, *, on_error: str = "er
 def carved_records(spec: SourceSpec, cache_dir: Path, progress: bool = True) -> Path:
     """The source's part of its `records` file, carved once (every source of the file at a time) under the cache."""
     records = Path(spec.records)
+    ids = Path(spec.okvqa_ids).read_text().split() if spec.okvqa_ids else None
     key = {**source_fingerprint(records, None), "carve_version": CARVE_VERSION}
+    if ids is not None:  # carving with and without the ids gives different vqav2 files
+        key["okvqa_ids"] = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     folder = cache_dir / "carved" / (records.stem + "-" + hashlib.sha256(
         json.dumps(key, sort_keys=True).encode()).hexdigest()[:12])
     with locked(folder.parent / f".{folder.name}.lock"):
         if not (folder / "carve_report.json").exists():
             log.info(f"carving {records} into its sources (once) -> {folder}")
-            report = carve(records, folder, progress=progress)
+            report = carve(records, folder, okvqa_ids=ids, progress=progress)
             if report["rejected"]:
                 log.warning(f"carving {records}: {sum(report['rejected'].values())} entries are not records and "
                             f"belong to no source ({report['rejected']}); see {report['rejects_file']}")

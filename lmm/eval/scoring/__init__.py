@@ -7,6 +7,7 @@ MM-Vet and LLaVA-Bench 0-100). Keys of groups that received no data are left out
 """
 
 from lmm.eval.scoring.choice import MMBenchCircular, ScienceQAAccuracy, SEEDAccuracy
+from lmm.eval.scoring.grounding import GroundingAccuracy, box_iou, parse_box
 from lmm.eval.scoring.judge import (
     Judge,
     OpenAICompatibleJudge,
@@ -37,6 +38,7 @@ from lmm.eval.scoring.pope_files import PopeSplit, evaluate_pope_files, load_pop
 from lmm.eval.scoring.vqa import GQAAccuracy, VQAAccuracy, vqa_score
 
 __all__ = [
+    "GroundingAccuracy", "box_iou", "parse_box",
     "GQAAccuracy", "Judge", "LLAVA_BENCH_CATEGORIES", "LLaVABenchScore", "MMBenchCircular", "MMEMetric",
     "MME_COGNITION", "MME_PERCEPTION", "MME_SUBTASKS", "MMVET_CAPABILITIES", "MMVetScore", "OpenAICompatibleJudge",
     "POPEMetric", "POPE_SPLITS", "PopeSplit", "RuleJudge", "SEEDAccuracy", "ScienceQAAccuracy", "VQAAccuracy",

@@ -1,0 +1,216 @@
+"""Pretraining on the CPU for the tiny world's zoo: one deterministic training loop (AdamW, linear warmup then cosine
+decay, gradient clipping, a tqdm bar) shared by the CLIP and the Llama pretraining, and `pretrain_llm` itself.
+
+Determinism: a pretraining seeds torch inside `torch.random.fork_rng` (the caller's RNG state is left as it was),
+draws its data order from its own seeded generator, and runs CPU kernels whose results do not depend on the run:
+the same arguments on the same machine and thread count give byte-identical safetensors files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from lmm.log import log
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[torch.Generator]:
+    """Seed torch for a build without disturbing the caller's RNG; yields a generator for the data order."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed + 1)
+
+
+class Batches:
+    """Index batches over `n` items: each epoch a new order drawn from `generator`, a batch may span two epochs."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.pending: list[int] = []
+
+    def next(self) -> torch.Tensor:
+        while len(self.pending) < self.batch_size:
+            self.pending += torch.randperm(self.n, generator=self.generator).tolist()
+        batch, self.pending = self.pending[:self.batch_size], self.pending[self.batch_size:]
+        return torch.tensor(batch, dtype=torch.long)
+
+
+@contextlib.contextmanager
+def quiet_hf() -> Iterator[None]:
+    """Hugging Face's own progress bars ("Loading weights", "Writing model shards") off for a while."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+class Clock:
+    """Wall-clock and process CPU seconds since creation (CPU time is what other jobs on the machine do not change;
+    on an idle machine wall ~ cpu / threads)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> dict[str, float]:
+        return {"seconds": round(time.perf_counter() - self.wall, 1),
+                "cpu_seconds": round(time.process_time() - self.cpu, 1)}
+
+
+def cosine_schedule(step: int, steps: int, warmup: int) -> float:
+    """The learning-rate factor at `step`: linear warmup to 1 over `warmup` steps, then cosine decay to 0.1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float, no_decay: Sequence[str] = ()) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weight matrices only (not on norms, biases, scalars or `no_decay` names)."""
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and not any(k in name for k in no_decay) else rest).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def train_steps(model: torch.nn.Module, loss_of_step: Callable[[int], torch.Tensor], *, steps: int, lr: float,
+                warmup: int, weight_decay: float, desc: str, progress: bool, bf16: bool = False,
+                no_decay: Sequence[str] = (), after_step: Callable[[], None] | None = None) -> list[float]:
+    """Run `steps` optimiser steps of `loss_of_step(step)` and return every step's loss.
+
+    AdamW (betas 0.9/0.95), warmup then cosine decay (cosine_schedule), gradients clipped at norm 1. `bf16` runs
+    the forward passes under CPU bfloat16 autocast (weights and optimiser stay fp32). `after_step` runs after each
+    optimiser step (CLIP clamps its logit scale there).
+    """
+    from tqdm.auto import tqdm
+
+    model.train()
+    opt = adamw(model, lr, weight_decay, no_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, steps, warmup))
+    losses: list[float] = []
+    bar = tqdm(total=steps, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=1.0, leave=True)
+    try:
+        for step in range(steps):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_of_step(step)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step()
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            if step % 10 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    finally:
+        bar.close()
+    model.eval()
+    return losses
+
+
+def final_loss(losses: Sequence[float], window: int = 20) -> float | None:
+    """The mean of the last `window` steps' losses (None without steps): less noisy than the very last one."""
+    tail = list(losses[-window:])
+    return sum(tail) / len(tail) if tail else None
+
+
+def llama_config(tokenizer: PreTrainedTokenizerBase, hidden_size: int = 128, num_layers: int = 4,
+                 num_heads: int = 4, intermediate_size: int | None = None,
+                 max_position_embeddings: int = 1024) -> LlamaConfig:
+    """A small Llama with the tokenizer's vocabulary and special ids (untied embeddings, as Llama-2/Vicuna)."""
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size,
+                       intermediate_size=intermediate_size or int(2.75 * hidden_size), num_hidden_layers=num_layers,
+                       num_attention_heads=num_heads, num_key_value_heads=num_heads,
+                       max_position_embeddings=max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       tie_word_embeddings=False)
+
+
+def token_stream(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], generator: torch.Generator) -> torch.Tensor:
+    """The texts in a seeded random order, each as BOS + text + EOS, concatenated into one stream of ids."""
+    order = torch.randperm(len(texts), generator=generator).tolist()
+    encoded = tokenizer([texts[i] for i in order], add_special_tokens=False)["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return torch.tensor([t for ids in encoded for t in (bos, *ids, eos)], dtype=torch.long)
+
+
+@torch.no_grad()
+def heldout_perplexity(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                       batch_size: int = 32) -> float:
+    """Token-weighted perplexity over `texts`, each scored alone as BOS + text + EOS (every token after BOS)."""
+    model.eval()
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    limit = model.config.max_position_embeddings
+    seqs = sorted(([bos, *ids, eos][:limit] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]),
+                  key=len)
+    total, count = 0.0, 0
+    for i in range(0, len(seqs), batch_size):
+        chunk = seqs[i:i + batch_size]
+        width = max(len(s) for s in chunk)
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in chunk])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk])
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="sum",
+                                                         ignore_index=-100))
+        count += int((target != -100).sum())
+    return math.exp(total / max(count, 1))
+
+
+def pretrain_llm(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *,
+                 hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4, steps: int = 600,
+                 batch_size: int = 16, seq_len: int = 256, lr: float = 3e-3, warmup: int | None = None,
+                 weight_decay: float = 0.1, seed: int = 0, heldout_texts: Sequence[str] | None = None,
+                 bf16: bool = False, progress: bool = True, name: str | None = None) -> dict:
+    """Pretrain a LlamaForCausalLM (llama_config) on `texts` with next-token loss and save it with its tokenizer.
+
+    The texts, each as BOS + text + EOS, are concatenated in a seeded random order and cut into `seq_len` blocks
+    (the remainder dropped); each epoch visits the blocks in a new seeded order, `batch_size` blocks per step.
+    AdamW + warmup (default 5% of the steps) + cosine decay. Returns {"steps", "seconds", "cpu_seconds",
+    "first_loss", "final_loss" (mean of the last 20 steps), "heldout_ppl" (token-weighted over `heldout_texts`, None
+    without), "params", "tokens"}.
+    """
+    out_dir = Path(out_dir)
+    name = name or out_dir.name
+    clock = Clock()
+    with seeded(seed) as gen:
+        model = LlamaForCausalLM(llama_config(tokenizer, hidden_size, num_layers, num_heads))
+        stream = token_stream(tokenizer, texts, gen)
+        blocks = stream[: len(stream) // seq_len * seq_len].view(-1, seq_len)
+        if steps > 0 and len(blocks) == 0:
+            raise ValueError(f"{len(stream)} tokens of text do not fill one block of seq_len={seq_len}")
+        batches = Batches(len(blocks), batch_size, gen)
+
+        def loss_of_step(step: int) -> torch.Tensor:
+            batch = blocks[batches.next()]
+            return model(input_ids=batch, labels=batch).loss
+
+        losses = train_steps(model, loss_of_step, steps=steps, lr=lr, weight_decay=weight_decay, bf16=bf16,
+                             warmup=warmup if warmup is not None else max(1, steps // 20), desc=name,
+                             progress=progress)
+        ppl = heldout_perplexity(model, tokenizer, heldout_texts) if heldout_texts else None
+    with quiet_hf():
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    result = {"steps": steps, **clock.read(), "first_loss": losses[0] if losses else None,
+              "final_loss": final_loss(losses), "heldout_ppl": ppl,
+              "params": sum(p.numel() for p in model.parameters()), "tokens": steps * batch_size * seq_len}
+    ppl_text = f", held-out perplexity {ppl:.2f}" if ppl is not None else ""
+    log.info(f"{name}: {result['params'] / 1e6:.2f}M-parameter Llama, {steps} steps in {result['seconds']}s, "
+             f"loss {result['final_loss'] or float('nan'):.3f}{ppl_text}")
+    return result

@@ -1,0 +1,316 @@
+"""The tiny world's zoo (lmm.world.zoo): a tokenizer that tokenises as Llama-2's does, a full CLIP pretrained
+contrastively at two resolutions (the higher continued from the lower), Llama LMs pretrained on text, all loadable
+through the paper's `from_pretrained` paths and byte-identical for a seed. Small settings: seconds each."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPModel, CLIPVisionModel, LlamaForCausalLM
+
+from lmm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from lmm.data.records import Turn
+from lmm.data.templates import VICUNA_V1_SYSTEM, PlainTemplate, VicunaV1Template, tokenize_prompt
+from lmm.model.encoder import VisionEncoder
+from lmm.model.llm import load_tokenizer
+from lmm.model.preprocess import ImageTransform
+from lmm.world import zoo_clip
+from lmm.world.pretrain import heldout_perplexity, token_stream
+from lmm.world.zoo import build_siglip_tower, build_tokenizer, pretrain_clip, pretrain_llm
+from lmm.world.zoo_clip import END_OF_TEXT, crop_pixels, normalize, retrieval_top1, tokenize_captions
+from tests.conftest import LLAMA_TOKENIZER, need_fixture
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40)}
+SHAPES = ("square", "circle")
+SIZES = ((40, 30), (30, 40), (36, 36), (48, 27))
+
+
+def _scene(i: int) -> tuple[Image.Image, str]:
+    """A shape of some colour on a white or black background, on a canvas of one of four aspect ratios."""
+    colour, shape = list(COLOURS)[i % 4], SHAPES[(i // 4) % 2]
+    background = ("white", "black")[(i // 8) % 2]
+    w, h = SIZES[i % len(SIZES)]
+    img = Image.new("RGB", (w, h), (245, 245, 245) if background == "white" else (20, 20, 20))
+    box = (w // 2 - 8, h // 2 - 8, w // 2 + 8, h // 2 + 8)
+    (ImageDraw.Draw(img).rectangle if shape == "square" else ImageDraw.Draw(img).ellipse)(box, fill=COLOURS[colour])
+    return img, f"a {colour} {shape} on a {background} background"
+
+
+SCENES = [_scene(i) for i in range(16)]
+IMAGES, CAPTIONS = [s[0] for s in SCENES], [s[1] for s in SCENES]
+QUESTIONS = ["What colour is the square?", "Is there a circle in the image?", "Describe the image.",
+             "Answer the question using a single word or phrase."]
+ANSWERS = ["The square is red.", "Yes, there is.", "A blue circle on a black background.", "Two"]
+TEXTS = CAPTIONS + QUESTIONS + ANSWERS + [VICUNA_V1_SYSTEM, "USER:", "ASSISTANT:", "\n"]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tokenizer")
+    build_tokenizer(TEXTS * 3, out, vocab_size=300)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir: Path):
+    return load_tokenizer(str(tok_dir))
+
+
+def _with_image_token(path: str | Path):
+    """The tokenizer at `path` with <image> added as a special token (LLaVA-style whole-prompt tokenisation)."""
+    t = load_tokenizer(str(path))
+    t.add_tokens(["<image>"], special_tokens=True)
+    return t, t.convert_tokens_to_ids("<image>")
+
+
+def _vicuna(turns: list[tuple[str, str]]) -> str:
+    """LLaVA's vicuna_v1 conversation text, <image> at the start of the first turn."""
+    text = VICUNA_V1_SYSTEM + " "
+    for j, (q, a) in enumerate(turns):
+        q = "<image>\n" + q if j == 0 else q
+        text += f"USER: {q} ASSISTANT: {a}</s>"
+    return text
+
+
+PROMPTS = [
+    "A chat. USER: <image>\nWhat is it? ASSISTANT:",
+    _vicuna([(QUESTIONS[0], ANSWERS[0])]),
+    _vicuna([(QUESTIONS[0], ANSWERS[0]), (QUESTIONS[1], ANSWERS[1]), (QUESTIONS[3], ANSWERS[3])]),
+    VICUNA_V1_SYSTEM + " USER: <image>\n" + QUESTIONS[2] + "\n" + QUESTIONS[3] + " ASSISTANT:",
+    "<image>\na red square on a white background\n",
+    "<image>",
+]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_whole_prompt_equals_llava_chunked_tokenisation(tok, tok_dir, prompt):
+    """<image> added as a special token and the prompt tokenised whole gives LLaVA's chunk-by-chunk ids."""
+    whole_tok, image_id = _with_image_token(tok_dir)
+    chunked = [image_id if i == IMAGE_TOKEN_INDEX else i for i in tokenize_prompt(prompt, tok)]
+    assert whole_tok(prompt)["input_ids"] == chunked
+
+
+def test_tokenizer_ids_and_padding(tok, tok_dir):
+    assert [tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id] == [0, 1, 2, 0]
+    assert tok.padding_side == "right"
+    ids = tok("a red square")["input_ids"]
+    assert ids[0] == 1 and ids[-1] != 2 and 0 not in ids  # BOS prepended, no EOS, no <unk> on known text
+    assert tok("</s>", add_special_tokens=False)["input_ids"] == [2]
+    saved = AutoTokenizer.from_pretrained(str(tok_dir))
+    assert all(saved(p)["input_ids"] == tok(p)["input_ids"] for p in PROMPTS)
+
+
+def _pieces(t, text: str) -> list[str]:
+    return [p.replace("<0x0A>", "\n") for p in t.convert_ids_to_tokens(t(text)["input_ids"])]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:5] + ["What is it?\nYes.", "Hello, world! x;y:z"])
+def test_token_pattern_is_llamas(tok_dir, prompt):
+    """Same "▁" placement as Llama-2 (before every section, also after <image> and </s>; none after a newline),
+    and a newline always a piece of its own, whole and chunk-wise."""
+    llama, _ = _with_image_token(need_fixture(LLAMA_TOKENIZER, "the real Llama-2 tokenizer fixture"))
+    ours, _ = _with_image_token(tok_dir)
+    theirs_pieces, our_pieces = _pieces(llama, prompt), _pieces(ours, prompt)
+    assert "".join(our_pieces) == "".join(theirs_pieces)
+    assert all(p == "\n" or "\n" not in p for p in our_pieces)
+    assert our_pieces.count("\n") == theirs_pieces.count("\n") == prompt.count("\n")
+
+
+def test_decode_round_trips(tok):
+    for text in ["What is it?\nYes.", "a red square on a white background\n", "USER: Describe the image. ASSISTANT:",
+                 "Yes, there is.\n\nTwo"]:
+        assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_templates_mask_on_the_world_tokenizer(tok):
+    conv = [Turn("human", "<image>\n" + QUESTIONS[0]), Turn("gpt", ANSWERS[0]),
+            Turn("human", QUESTIONS[1]), Turn("gpt", ANSWERS[1])]
+    enc = VicunaV1Template().encode(conv, tok)
+    runs, cur = [], None
+    for i, lab in zip(enc.input_ids, enc.labels, strict=True):
+        if lab == IGNORE_INDEX:
+            cur = None
+            continue
+        if cur is None:
+            runs.append(cur := [])
+        cur.append(i)
+    assert [tok.decode(r) for r in runs] == [ANSWERS[0] + "</s>", ANSWERS[1] + "</s>"]
+    plain = PlainTemplate().encode([Turn("human", "<image>"), Turn("gpt", CAPTIONS[0])], tok)
+    assert plain.input_ids[:2] == [1, IMAGE_TOKEN_INDEX]
+    assert tok.decode([i for i, lab in zip(plain.input_ids, plain.labels, strict=True) if lab != IGNORE_INDEX]) \
+        == CAPTIONS[0] + "\n"
+
+
+# ---- CLIP ---------------------------------------------------------------------------------------------------------
+
+SMALL_CLIP = {"patch_size": 8, "hidden_size": 16, "num_layers": 2, "batch_size": 8, "lr": 5e-3, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory, tok) -> dict:
+    """A 16px CLIP trained for 40 steps and a 24px CLIP continued from it with no step of its own."""
+    root = tmp_path_factory.mktemp("clip")
+    low = pretrain_clip(root / "low", IMAGES, CAPTIONS, tok, image_size=16, steps=40, seed=0,
+                        heldout=(IMAGES, CAPTIONS), pool=8, **SMALL_CLIP)
+    high = pretrain_clip(root / "high", IMAGES, CAPTIONS, tok, image_size=24, steps=0, init_from=root / "low",
+                         batch_size=8, progress=False)
+    return {"root": root, "low": low, "high": high}
+
+
+def test_clip_loss_decreases_and_retrieval_is_reported(clips):
+    low = clips["low"]
+    assert low["final_loss"] < 0.7 * low["first_loss"]
+    assert low["retrieval_top1"] > 1 / 8  # better than chance among 8 captions after fitting these 16 pairs
+    assert low["num_patches"] == 4 and clips["high"]["num_patches"] == 9 and clips["high"]["first_loss"] is None
+
+
+def test_clip_folder_is_a_full_clip_checkpoint_and_a_vision_tower(clips):
+    folder = clips["root"] / "low"
+    full = CLIPModel.from_pretrained(folder)
+    assert full.config.model_type == "clip" and full.text_model is not None
+    encoder = VisionEncoder.from_pretrained(str(folder))
+    assert isinstance(encoder.tower, CLIPVisionModel) and encoder.num_patches == 4
+    vision_state = full.vision_model.state_dict()
+    assert all(torch.equal(v, vision_state[k.removeprefix("vision_model.")])
+               for k, v in encoder.tower.state_dict().items())
+    transform = encoder.image_transform(aspect="crop")
+    assert transform.image_size == 16 and transform.resize_size == 16
+    cached = normalize(crop_pixels(IMAGES, 16))  # what pretraining saw is what the saved processor gives
+    assert all(torch.equal(transform(img), cached[i]) for i, img in enumerate(IMAGES))
+    assert torch.equal(ImageTransform.from_pretrained(folder, aspect="crop")(IMAGES[3]), cached[3])
+    assert encoder(cached[:2]).shape == (2, 4, 16)
+
+
+def test_clip_text_tower_pools_its_end_of_text_token(clips):
+    folder = clips["root"] / "low"
+    model, text_tok = CLIPModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    eot = text_tok.convert_tokens_to_ids(END_OF_TEXT)
+    assert model.config.text_config.eos_token_id == eot == model.config.text_config.vocab_size - 1 != 2
+    batch = text_tok([CAPTIONS[0], "a red square"], padding=True, return_tensors="pt")
+    assert batch["input_ids"][1, int(batch["attention_mask"][1].sum()) - 1] == eot
+    out = model.text_model(**batch)
+    ends = batch["attention_mask"].sum(1) - 1
+    assert torch.equal(out.pooler_output, out.last_hidden_state[torch.arange(2), ends])
+    ids, lengths = tokenize_captions(text_tok, [CAPTIONS[0] + " and more" * 20], max_len=12)
+    assert lengths.tolist() == [12] and ids[0, 11] == eot  # a caption cut to fit keeps its end of text
+
+
+def test_high_resolution_continues_the_low_one(clips):
+    low = CLIPModel.from_pretrained(clips["root"] / "low")
+    high = CLIPModel.from_pretrained(clips["root"] / "high")
+    assert high.config.vision_config.image_size == 24 and low.config.vision_config.image_size == 16
+    key = "vision_model.embeddings.position_embedding.weight"
+    low_state, high_state = low.state_dict(), high.state_dict()
+    assert set(low_state) == set(high_state)
+    assert all(torch.equal(v, high_state[k]) for k, v in low_state.items() if k != key)
+    # transformers' own interpolation of the low grid (2x2 -> 3x3) is the reference, class position kept
+    embeddings = low.vision_model.embeddings
+    reference = embeddings.interpolate_pos_encoding(torch.zeros(1, 10, 16), 24, 24)[0]
+    assert high_state[key].shape == (10, 16) and torch.allclose(high_state[key], reference, atol=1e-6)
+    assert not torch.allclose(high_state[key][1:5], low_state[key][1:5])
+    assert VisionEncoder.from_pretrained(str(clips["root"] / "high")).image_transform().image_size == 24
+    with pytest.raises(ValueError, match="keeps its architecture"):
+        pretrain_clip(clips["root"] / "bad", IMAGES, CAPTIONS, None, image_size=24, init_from=clips["root"] / "low",
+                      hidden_size=32, steps=0, progress=False)
+
+
+def test_retrieval_top1_counts_pools_and_equal_captions(monkeypatch):
+    """Image i and caption j embed as e_{i%4} and e_{j%4}: within a pool the first best caption is retrieved."""
+    n = 8
+    emb = torch.eye(4)[torch.arange(n) % 4]
+    monkeypatch.setattr(zoo_clip, "_embed", lambda *args: (emb, emb))
+    captions = [f"c{i}" for i in range(n)]
+    assert retrieval_top1(None, None, None, None, captions, pool=4) == 1.0  # pools 0-3 and 4-7: each finds itself
+    assert retrieval_top1(None, None, None, None, captions, pool=8) == 0.5  # one pool: 4-7 find 0-3 first
+    assert retrieval_top1(None, None, None, None, captions, pool=100) == 0.5  # fewer pairs than a pool: one pool
+    assert retrieval_top1(None, None, None, None, captions, pool=3) == 7 / 8  # pools 0-2 and 3-7 (last joined)
+    same = ["a", "b", "c", "d"] * 2
+    assert retrieval_top1(None, None, None, None, same, pool=8) == 1.0  # a caption of the same text counts
+
+
+def _bytes(folder: Path) -> bytes:
+    return (folder / "model.safetensors").read_bytes()
+
+
+def test_clip_is_deterministic_for_a_seed(tmp_path, tok):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        pretrain_clip(tmp_path / name, IMAGES, CAPTIONS, tok, image_size=16, steps=5, seed=seed, **SMALL_CLIP)
+    assert _bytes(tmp_path / "a") == _bytes(tmp_path / "b") != _bytes(tmp_path / "c")
+
+
+def test_siglip_tower_is_a_vision_tower(tmp_path):
+    build_siglip_tower(tmp_path / "siglip", image_size=16, hidden_size=16, num_layers=2)
+    encoder = VisionEncoder.from_pretrained(str(tmp_path / "siglip"))
+    assert not encoder.has_cls_token and encoder.num_patches == 4 and encoder.image_transform().image_size == 16
+
+
+# ---- Llama --------------------------------------------------------------------------------------------------------
+
+LM_TEXTS = CAPTIONS + QUESTIONS + ANSWERS
+SMALL_LM = {"hidden_size": 32, "num_layers": 2, "batch_size": 4, "seq_len": 32, "lr": 1e-2, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory: pytest.TempPathFactory, tok) -> dict:
+    folder = tmp_path_factory.mktemp("llm") / "llama"
+    return {"folder": folder, **pretrain_llm(folder, tok, LM_TEXTS * 4, steps=40, seed=0,
+                                             heldout_texts=LM_TEXTS[:6], **SMALL_LM)}
+
+
+def test_llm_loss_decreases_and_loads(llm, tok):
+    assert llm["final_loss"] < 0.6 * llm["first_loss"]
+    model = AutoModelForCausalLM.from_pretrained(llm["folder"])
+    assert isinstance(model, LlamaForCausalLM) and not model.config.tie_word_embeddings
+    cfg = model.config
+    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id, cfg.vocab_size) == (1, 2, 0, len(tok))
+    assert cfg.max_position_embeddings == 1024
+    assert load_tokenizer(str(llm["folder"]))(PROMPTS[1])["input_ids"] == tok(PROMPTS[1])["input_ids"]
+    assert 1 < llm["heldout_ppl"] < len(tok)
+    assert math.isclose(heldout_perplexity(model, tok, LM_TEXTS[:6]), llm["heldout_ppl"], rel_tol=1e-4)
+
+
+def test_heldout_perplexity_is_token_weighted(llm, tok):
+    model = AutoModelForCausalLM.from_pretrained(llm["folder"])
+    texts = [CAPTIONS[2], QUESTIONS[3]]
+    nll, count = 0.0, 0
+    for text in texts:  # each alone, BOS + text + EOS, every token after BOS predicted
+        ids = torch.tensor([[1, *tok(text, add_special_tokens=False)["input_ids"], 2]])
+        with torch.no_grad():
+            nll += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+        count += ids.shape[1] - 1
+    assert math.isclose(heldout_perplexity(model, tok, texts, batch_size=2), math.exp(nll / count), rel_tol=1e-4)
+
+
+def test_token_stream_is_framed_and_shuffled_by_the_seed(tok):
+    def stream(seed: int) -> list[int]:
+        return token_stream(tok, LM_TEXTS, torch.Generator().manual_seed(seed)).tolist()
+
+    assert stream(0) == stream(0) != stream(1)
+    ids = stream(0)
+    assert ids.count(1) == ids.count(2) == len(LM_TEXTS) and ids[0] == 1 and ids[-1] == 2
+    in_order = [t for text in LM_TEXTS for t in (1, *tok(text, add_special_tokens=False)["input_ids"], 2)]
+    assert ids != in_order and sorted(ids) == sorted(in_order)
+
+
+def test_llm_is_deterministic_and_leaves_the_callers_rng(tmp_path, tok):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        pretrain_llm(tmp_path / name, tok, LM_TEXTS * 4, steps=4, seed=seed, **SMALL_LM)
+    assert torch.equal(torch.rand(3), expected)
+    assert _bytes(tmp_path / "a") == _bytes(tmp_path / "b") != _bytes(tmp_path / "c")
+
+
+def test_pretraining_prints_nothing_but_its_log_line(tmp_path, tok, capfd):
+    pretrain_llm(tmp_path / "quiet", tok, LM_TEXTS * 4, steps=2, **SMALL_LM)
+    pretrain_clip(tmp_path / "quiet-clip", IMAGES, CAPTIONS, tok, image_size=16, steps=2, **SMALL_CLIP)
+    pretrain_clip(tmp_path / "quiet-clip-2", IMAGES, CAPTIONS, tok, image_size=24, steps=0,
+                  init_from=tmp_path / "quiet-clip", progress=False)
+    out, err = capfd.readouterr()
+    assert err == ""
+    assert all(line.startswith("[lmm] ") for line in out.splitlines())
