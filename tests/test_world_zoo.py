@@ -19,7 +19,7 @@ from lmm.model.encoder import VisionEncoder
 from lmm.model.llm import load_tokenizer
 from lmm.model.preprocess import ImageTransform
 from lmm.world import zoo_clip
-from lmm.world.pretrain import heldout_perplexity, token_stream
+from lmm.world.pretrain import Batches, heldout_perplexity, seeded, token_stream
 from lmm.world.zoo import build_siglip_tower, build_tokenizer, pretrain_clip, pretrain_llm
 from lmm.world.zoo_clip import END_OF_TEXT, crop_pixels, normalize, retrieval_top1, tokenize_captions
 from tests.conftest import LLAMA_TOKENIZER, need_fixture
@@ -237,7 +237,8 @@ def _bytes(folder: Path) -> bytes:
 
 
 def test_clip_is_deterministic_for_a_seed(tmp_path, tok):
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+    for name, seed, callers_seed in (("a", 0, 1), ("b", 0, 2), ("c", 1, 1)):
+        torch.manual_seed(callers_seed)  # whatever the caller's RNG holds, the build is its seed's
         pretrain_clip(tmp_path / name, IMAGES, CAPTIONS, tok, image_size=16, steps=5, seed=seed, **SMALL_CLIP)
     assert _bytes(tmp_path / "a") == _bytes(tmp_path / "b") != _bytes(tmp_path / "c")
 
@@ -297,13 +298,24 @@ def test_token_stream_is_framed_and_shuffled_by_the_seed(tok):
 
 
 def test_llm_is_deterministic_and_leaves_the_callers_rng(tmp_path, tok):
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+    for name, seed, callers_seed in (("a", 0, 1), ("b", 0, 2), ("c", 1, 1)):
+        torch.manual_seed(callers_seed)
+        expected = torch.rand(3)
+        torch.manual_seed(callers_seed)
         pretrain_llm(tmp_path / name, tok, LM_TEXTS * 4, steps=4, seed=seed, **SMALL_LM)
-    assert torch.equal(torch.rand(3), expected)
+        assert torch.equal(torch.rand(3), expected)  # the caller's RNG is where it was
     assert _bytes(tmp_path / "a") == _bytes(tmp_path / "b") != _bytes(tmp_path / "c")
+
+
+def test_data_order_follows_the_seed():
+    def order(seed: int) -> list[list[int]]:
+        with seeded(seed) as gen:
+            batches = Batches(10, 4, gen)
+            return [batches.next().tolist() for _ in range(5)]
+
+    first = order(0)
+    assert first == order(0) != order(1)
+    assert sorted(sum(first[:2], []) + first[2][:2]) == list(range(10))  # an epoch visits every item once
 
 
 def test_pretraining_prints_nothing_but_its_log_line(tmp_path, tok, capfd):

@@ -56,8 +56,8 @@ def quiet_hf() -> Iterator[None]:
 
 
 class Clock:
-    """Wall-clock and process CPU seconds since creation (CPU time is what other jobs on the machine do not change;
-    on an idle machine wall ~ cpu / threads)."""
+    """Wall-clock and process CPU seconds since creation. On an idle machine wall ~ cpu / threads; when other jobs
+    share the cores the wall time grows and the CPU time much less (a rough idle-machine estimate is cpu / threads)."""
 
     def __init__(self) -> None:
         self.wall, self.cpu = time.perf_counter(), time.process_time()
