@@ -96,3 +96,25 @@ def test_carve_counts_and_logs_entries_that_are_not_records(tmp_path, capsys):
     assert [(e["record"], e["value"]) for e in lines] == [(1, ["not", "a", "record"]), (3, "text"), (4, 7)]
     assert all("expected a JSON object" in e["reason"] and e["file"] == str(path) for e in lines)
     assert not (tmp_path / "out" / "invalid.jsonl").exists()  # no pseudo-source
+
+
+def test_a_source_with_okvqa_ids_carves_okvqa_apart_and_one_without_is_left_out(tmp_path, capfd):
+    """SourceSpec.okvqa_ids reaches the carve (vqav2 loses the listed records to okvqa); without ids the okvqa
+    source is left out with a warning, never carved empty or silently."""
+    from lmm.data.sources.spec import SourceSpec, carved_records
+
+    path = tmp_path / "mix.json"
+    path.write_text(json.dumps(MIX))
+    ids = tmp_path / "ok.txt"
+    ids.write_text("3\n")
+    assert not SourceSpec(records=str(path), carve="okvqa").enabled
+    assert "left out: without `okvqa_ids`" in capfd.readouterr().out
+    okvqa = SourceSpec(records=str(path), carve="okvqa", okvqa_ids=str(ids))
+    vqav2 = SourceSpec(records=str(path), carve="vqav2", okvqa_ids=str(ids))
+    assert okvqa.enabled
+    lines = {s.name: carved_records(s, tmp_path / "cache", progress=False).read_text().splitlines()
+             for s in (okvqa, vqav2)}
+    assert [json.loads(x)["id"] for x in lines["okvqa"]] == ["3"]
+    assert [json.loads(x)["id"] for x in lines["vqav2"]] == ["2"]
+    without = carved_records(SourceSpec(records=str(path), carve="vqav2"), tmp_path / "cache", progress=False)
+    assert [json.loads(x)["id"] for x in without.read_text().splitlines()] == ["2", "3"]  # its own carve

@@ -167,3 +167,24 @@ def test_encoder_is_frozen_and_without_grad():
     assert not model.encoder.tower.training
     feats = model.encoder(torch.randn(1, 3, 28, 28))
     assert not feats.requires_grad and feats.shape == (1, 4, 24)
+
+
+def test_a_full_clip_checkpoint_loads_as_a_tower_but_missing_vision_weights_are_an_error(tmp_path):
+    """openai/clip-vit-large-patch14 (and the tiny world's CLIP) is a full CLIP: its text tower goes unused; a vision
+    weight that is not in the file is an error, never a random init."""
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPConfig, CLIPModel
+
+    from lmm.model.encoder import load_vision_tower
+
+    small = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = CLIPConfig(text_config={**small, "vocab_size": 50}, vision_config={**small, "image_size": 16,
+                                                                             "patch_size": 8})
+    CLIPModel(config).save_pretrained(tmp_path / "clip")
+    tower = load_vision_tower(str(tmp_path / "clip"))
+    assert type(tower).__name__ == "CLIPVisionModel"
+    weights = load_file(tmp_path / "clip" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "vision_model.encoder.layers.1." not in k},
+              tmp_path / "clip" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="are missing"):
+        load_vision_tower(str(tmp_path / "clip"))

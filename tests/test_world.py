@@ -103,3 +103,8 @@ def test_a_half_built_folder_is_rebuilt(tmp_path, monkeypatch):
     assert json.loads((root / "world.json").read_text())["spec"]["seed"] == 0
     build.ensure_world(root, {"seed": 0})
     assert len(calls) == 1
+    stale = json.loads((root / "world.json").read_text())
+    stale["spec"]["seed"] = 1  # a stamp of another spec in this folder: not this world
+    (root / "world.json").write_text(json.dumps(stale))
+    build.ensure_world(root, {"seed": 0})
+    assert len(calls) == 2 and json.loads((root / "world.json").read_text())["spec"]["seed"] == 0
