@@ -17,25 +17,15 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    CLIPImageProcessorPil,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    SiglipImageProcessorPil,
-    SiglipVisionConfig,
-    SiglipVisionModel,
-)
+from transformers import PreTrainedTokenizerFast, SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
-from lmm.model.preprocess import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
-from lmm.world.pretrain import llama_config, pretrain_llm
+from lmm.model.preprocess import SIGLIP_MEAN, SIGLIP_STD
+from lmm.world.pretrain import llama_config, pretrain_llm, quiet_hf, seeded
 from lmm.world.zoo_clip import clip_image_processor, clip_text_tokenizer, pretrain_clip
 
 __all__ = ["build_tokenizer", "pretrain_clip", "pretrain_llm", "build_siglip_tower", "clip_image_processor",
-           "clip_text_tokenizer", "llama_config", "build_vision_tower", "build_llm"]
+           "clip_text_tokenizer", "llama_config"]
 
 SPECIALS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2 as in Llama's vocabulary
 PIECE_SEP = r"[\n.,?!:;]"  # characters that are always a piece of their own (never merged with a neighbour)
@@ -76,32 +66,10 @@ def build_siglip_tower(out_dir: Path, image_size: int, patch_size: int = 8, hidd
 
     Not pretrained: it stands in for SigLIP's architecture and preprocessing only (conf/model/encoder/siglip.yaml).
     """
-    torch.manual_seed(seed)
     config = SiglipVisionConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size,
                                 num_hidden_layers=num_layers, num_attention_heads=4, image_size=image_size,
                                 patch_size=patch_size)
-    SiglipVisionModel(config).save_pretrained(out_dir)
-    SiglipImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=list(SIGLIP_MEAN),
-                            image_std=list(SIGLIP_STD)).save_pretrained(out_dir)
-
-
-def build_vision_tower(out_dir: Path, image_size: int, patch_size: int = 8, hidden_size: int = 64,
-                       num_layers: int = 3, seed: int = 0) -> None:
-    """A RANDOMLY INITIALISED CLIP vision tower plus its image-processor config (the zoo before pretraining; kept for
-    callers not yet moved to `pretrain_clip`)."""
-    torch.manual_seed(seed)
-    config = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
-                              num_attention_heads=4, image_size=image_size, patch_size=patch_size,
-                              projection_dim=hidden_size)
-    CLIPVisionModel(config).save_pretrained(out_dir)
-    CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-                          image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(out_dir)
-
-
-def build_llm(out_dir: Path, tokenizer: PreTrainedTokenizerFast, hidden_size: int = 128, num_layers: int = 4,
-              seed: int = 0) -> None:
-    """A RANDOMLY INITIALISED Llama with the tokenizer saved beside it (the zoo before pretraining; kept for callers
-    not yet moved to `pretrain_llm`)."""
-    torch.manual_seed(seed)
-    LlamaForCausalLM(llama_config(tokenizer, hidden_size, num_layers)).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with seeded(seed), quiet_hf():
+        SiglipVisionModel(config).save_pretrained(out_dir)
+        SiglipImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=list(SIGLIP_MEAN),
+                                image_std=list(SIGLIP_STD)).save_pretrained(out_dir)
