@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 from lmm.data.jsonl import read_jsonl
 
 if TYPE_CHECKING:  # the benchmarks read their files through this module
-    from lmm.eval.tasks.base import Benchmark, Scored
+    from lmm.eval.tasks.base import Benchmark, Question, Scored
+
+# eval/<benchmark>/per_question.jsonl: one line per question (Benchmark.question_record), read by lmm.compare
+PER_QUESTION_FILE = "per_question.jsonl"
 
 
 class BenchmarkFileError(ValueError):
@@ -122,6 +125,18 @@ def write_json(path: Path, obj: Any) -> Path:
     """Write an upload/official-scorer JSON file (creating its folder) and return its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, ensure_ascii=False))
+    return path
+
+
+def write_per_question(path: Path, bench: Benchmark, qs: list[Question], texts: list[str],
+                       per_question: list[float | None]) -> Path:
+    """Write each question's score and record (Benchmark.question_record), in question order, as JSON lines: the
+    answer file alone cannot say which questions were right (and MME's ids are not unique), so a comparison of runs
+    that resamples questions reads this file instead of re-scoring."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for q, text, score in zip(qs, texts, per_question, strict=True):
+            f.write(json.dumps(bench.question_record(q, text, score), ensure_ascii=False) + "\n")
     return path
 
 

@@ -6,7 +6,8 @@ mean, std, pad/crop) is the model's own, by its encoder's rule (VisionEncoder.im
 one it records), never the current config's encoder; `eval.image_aspect` only overrides pad/crop on purpose.
 
 Per benchmark the run folder gets eval/<name>/answers.jsonl (LLaVA format, question-file order, so LLaVA's scripts
-re-score it), the official upload/eval files and scores.json; eval/results.json holds every score together with the
+re-score it), the official upload/eval files, scores.json and per_question.jsonl (each question's score and what
+lmm.compare needs to resample the headline); eval/results.json holds every score together with the
 prompts, decoding settings, file hashes and versions (lmm.provenance) that produced it; W&B gets the scores in the
 run summary and a table of sample predictions.
 """
@@ -26,7 +27,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig
 from PIL import ImageOps
 
-from lmm.eval.files import sha256
+from lmm.eval.files import PER_QUESTION_FILE, sha256, write_per_question
 from lmm.eval.inference import (
     Decoding,
     EvalModule,
@@ -249,6 +250,7 @@ def _finish_benchmark(bench: Benchmark, qs: list[Question], texts: list[str], da
             f.write(json.dumps(bench.answer_record(q, t, model_id), ensure_ascii=False) + "\n")
     extra = bench.write_submission(out_dir, qs, texts)
     scored = bench.score(qs, texts)
+    per_question = write_per_question(out_dir / PER_QUESTION_FILE, bench, qs, texts, scored.per_question)
     headline = bench.headline(scored.scores) if scored.scores else None
     summary = {f"eval/{bench.name}/{k}": v for k, v in scored.scores.items()}
     if headline is not None:
@@ -259,7 +261,7 @@ def _finish_benchmark(bench: Benchmark, qs: list[Question], texts: list[str], da
              "summary": summary, "seconds": round(seconds, 2),
              "questions_per_sec": round(len(qs) / seconds, 2) if seconds else None,
              "prompt_example": prompt_text(example, tokenizer) if example else None,
-             "files": _file_hashes(bench), "answers_file": str(answers),
+             "files": _file_hashes(bench), "answers_file": str(answers), "per_question_file": str(per_question),
              "submission_files": [str(p) for p in extra], **scored.details, "_per_question": scored.per_question}
     (out_dir / "scores.json").write_text(json.dumps({k: v for k, v in entry.items() if k != "_per_question"},
                                                     indent=2, ensure_ascii=False))

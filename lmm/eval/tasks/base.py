@@ -206,6 +206,15 @@ class Benchmark:
         """Files for the official scorer or evaluation server beyond answers.jsonl (default: none)."""
         return []
 
+    def question_record(self, q: Question, text: str, score: float | None) -> dict[str, Any]:
+        """One line of eval/<name>/per_question.jsonl: the question's score and whatever else recomputing the
+        headline on a resample of the questions needs (lmm.compare's paired bootstrap; subclasses add their fields,
+        e.g. MME's subtask and image), plus what a reader needs to see a question whose correctness changed.
+        `in_headline`: whether the question enters the headline number (MME cognition, SQA text-only do not)."""
+        image = None if q.image is None else str(q.image) if isinstance(q.image, Path) else f"embedded:{q.where}"
+        return {"uid": q.uid, "question_id": q.question_id, "score": score, "in_headline": True, "image": image,
+                "question": q.text, "answer": text, "reference": self.reference_text(q)}
+
     # --- scoring
     def has_references(self, qs: Sequence[Question]) -> bool:
         return any(q.reference is not None for q in qs)

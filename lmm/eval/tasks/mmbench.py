@@ -88,6 +88,10 @@ class MMBench(Benchmark):
         record.update(round_id=0, options=list(q.meta["options"].values()), option_char=list(q.meta["options"]))
         return record
 
+    def question_record(self, q: Question, text: str, score: float | None) -> dict[str, Any]:
+        """+ the base question (circular scoring: a group is right only if all its rotations are)."""
+        return super().question_record(q, text, score) | {"group": int(q.question_id) % 1_000_000}
+
     def _score(self, qs: list[Question], texts: list[str]) -> tuple[dict[str, float], list[float | None]]:
         metric = MMBenchCircular(categories=self.categories, l2_categories=self.l2_categories, **LOCAL)
         metric.update(texts, [q.reference for q in qs], [q.question_id for q in qs], [q.meta["options"] for q in qs],

@@ -10,7 +10,7 @@ from typing import Any
 from lmm.data.formats import SHORT_ANSWER, YES_NO_SUFFIX
 from lmm.eval.files import BenchmarkFileError, require_file, where
 from lmm.eval.files import field as get
-from lmm.eval.scoring import MME_SUBTASKS, MMEMetric, parse_mme_yes_no
+from lmm.eval.scoring import MME_PERCEPTION, MME_SUBTASKS, MMEMetric, parse_mme_yes_no
 from lmm.eval.tasks.base import LOCAL, Benchmark, Question
 
 
@@ -91,6 +91,12 @@ class MME(Benchmark):
                       [str(q.question_id) for q in qs])
         per = [float(parse_mme_yes_no(t) == q.reference.lower()) for q, t in zip(qs, texts, strict=True)]
         return metric.compute(), per
+
+    def question_record(self, q: Question, text: str, score: float | None) -> dict[str, Any]:
+        """+ subtask and image (acc+ needs both questions of an image); only perception enters the headline."""
+        category = q.meta["category"]
+        return super().question_record(q, text, score) | {"subtask": category, "image_id": str(q.question_id),
+                                                          "in_headline": category in MME_PERCEPTION}
 
     def write_submission(self, out_dir: Path, qs: Sequence[Question], texts: Sequence[str]) -> list[Path]:
         lines: dict[str, list[tuple[str, str]]] = defaultdict(list)

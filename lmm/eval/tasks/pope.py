@@ -60,6 +60,11 @@ class POPE(Benchmark):
             qs += split_qs
         return sorted(qs, key=lambda q: q.uid)  # question-file order, which the answer file must keep
 
+    def question_record(self, q: Question, text: str, score: float | None) -> dict[str, Any]:
+        """+ split, label and parsed prediction: the per-split F1 is recomputed from them."""
+        return super().question_record(q, text, score) | {"split": q.meta["category"], "label": q.reference,
+                                                          "pred": parse_pope_yes_no(text)}
+
     def _score(self, qs: list[Question], texts: list[str]) -> tuple[dict[str, float], list[float | None]]:
         metric = POPEMetric(categories=self.splits, **LOCAL)
         metric.update(texts, [q.reference for q in qs], [q.meta["category"] for q in qs])

@@ -76,6 +76,10 @@ class ScienceQA(Benchmark):
     def reference_text(self, q: Question) -> str:
         return _LETTERS[q.reference[0]] if q.reference else ""
 
+    def question_record(self, q: Question, text: str, score: float | None) -> dict[str, Any]:
+        """SQA-IMG counts the image questions only."""
+        return super().question_record(q, text, score) | {"in_headline": bool(q.meta["has_image"])}
+
     def _score(self, qs: list[Question], texts: list[str]) -> tuple[dict[str, float], list[float | None]]:
         metric = ScienceQAAccuracy(**LOCAL)
         metric.update(texts, [q.reference[0] for q in qs], [q.reference[1] for q in qs],
