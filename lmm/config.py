@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import time
 from typing import Any
@@ -13,11 +14,26 @@ from omegaconf import DictConfig, OmegaConf
 from lmm.constants import ASPECTS, LOSS_NORMALIZATIONS, ON_ERROR, PARTS, SELECT_FEATURES, VERIFY_IMAGES
 
 
-def new_run_id(name: str | None = None) -> str:
-    """A run id that never collides: the given name, or the time plus random hex (not a timestamp alone)."""
+def new_run_id(name: str | None = None, prefix: str | None = None) -> str:
+    """A run id that never collides: the given name, or the time plus random hex (not a timestamp alone), after
+    `prefix` when one is given (an ablation rung names its runs `<rung>-seed<seed>-...`, so they sort by rung)."""
     if name:
         return str(name)
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+    stamp = shared_launch_id() or time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(4)
+    return f"{prefix}-{stamp}" if prefix else stamp
+
+
+def shared_launch_id() -> str | None:
+    """The id that all processes of one multi-process launch share, where each process composes the config and so
+    names the run folder itself: the tasks of one SLURM job step (`srun`, hydra-submitit-launcher with
+    tasks_per_node > 1) and torchrun's workers. Their folder must be one, so it is named by the job, not by time +
+    random (which differs per process); SLURM job ids and torchrun's rendezvous ids do not repeat. None elsewhere."""
+    env = os.environ
+    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1) > 1:
+        return f"slurm{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
+    if int(env.get("WORLD_SIZE") or 1) > 1 and env.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
+    return None
 
 
 def bf16_precision(sharding: Any) -> str:

@@ -26,7 +26,7 @@ from lmm.config import RANDOM_CONNECTOR, fingerprint, new_run_id, validate
 from lmm.log import is_global_zero, log, quiet_third_party
 from lmm.provenance import provenance
 from lmm.summary import format_run_summary
-from lmm.train.loggers import finish_wandb, make_loggers
+from lmm.train.loggers import finish_wandb, log_run_config, make_loggers
 from lmm.train.stage import close_process_group, stage_lock, train_stage
 
 # everything an align stage depends on; `prepare` builds the tiny world its data and backbones come from
@@ -85,8 +85,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 align_dir = (Path(cfg.paths.output_dir) / "stages" / f"align-{key}").resolve() if cfg.reuse_align \
                     else run_dir / "align"
                 with stage_lock(align_dir):
+                    reused = (align_dir / "stage.json").exists()  # finished before this run got here
                     summary = train_stage(cfg, "align", align_dir, run_dir, cfg.stage.align.get("init_connector_from"))
-                results["stages"]["align"] = summary
+                # which align stage this run used, and whether another run (or an earlier attempt) trained it
+                used = {"dir": str(align_dir), "fingerprint": key, "reused": reused}
+                results["stages"]["align"] = {**summary, "fingerprint": key, "reused": reused}
+                log_run_config(cfg, run_dir, {"align_stage": used})
                 link = run_dir / "align"
                 if cfg.reuse_align and not link.is_symlink() and not link.exists():
                     with contextlib.suppress(FileExistsError):  # every rank of a distributed job gets here

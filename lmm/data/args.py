@@ -26,10 +26,14 @@ class MixtureArgs:
     counts: dict[str, int] | None = None  # source name -> samples per epoch (overrides the sources' `count`)
     num_samples: int | None = None  # the epoch's size with weights (default: the sources' total size)
     shuffle: bool = True
+    fraction: float | None = None  # keep this share of every source's records, a subset fixed by the seed (the
+    #                                data-efficiency study, lmm.data.mixture.subsample); None: all records
 
     def __post_init__(self) -> None:
         self.weights = dict(to_plain(self.weights) or {})
         self.counts = dict(to_plain(self.counts) or {})
+        if self.fraction is not None and not 0.0 < float(self.fraction) <= 1.0:
+            raise ValueError(f"mixture.fraction must be in (0, 1] (or null: all records), got {self.fraction}")
 
 
 @dataclass

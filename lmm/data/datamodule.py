@@ -23,7 +23,7 @@ from lmm.config import to_plain
 from lmm.data.args import LoaderArgs, MixtureArgs, PolicyArgs, StoreArgs, coerce
 from lmm.data.dataset import Collator, MixtureDataset, SampleBuilder
 from lmm.data.formats import FormatPrompt
-from lmm.data.mixture import MixtureLoader, MixturePlan, MixtureSampler, SourceInfo, epoch_counts
+from lmm.data.mixture import MixtureLoader, MixturePlan, MixtureSampler, SourceInfo, epoch_counts, subsample
 from lmm.data.records import Record, RecordError, resolve_image_path
 from lmm.data.rejects import RejectLog
 from lmm.data.sources.spec import SourceSpec, ensure_store
@@ -177,7 +177,8 @@ class LlavaDataModule(L.LightningDataModule):
         world, _, accumulate = self._distributed()
         infos = [SourceInfo(n, len(r), r.has_image, r.words) for n, r in zip(self.source_names, self.readers,
                                                                                strict=True)]
-        counts = epoch_counts([len(r) for r in self.readers], [s.weight for s in self.specs],
+        infos = subsample(infos, self.mixture.fraction, self.seed)
+        counts = epoch_counts([i.size for i in infos], [s.weight for s in self.specs],
                               [s.count for s in self.specs], self.mixture.num_samples)
         return MixturePlan(infos, counts, self.seed, self.micro_batch_size, world, accumulate,
                            self.loader_args.group_by_modality_length, self.mixture.shuffle)
@@ -212,7 +213,9 @@ class LlavaDataModule(L.LightningDataModule):
         filler = f"; {d['filler_micro_batches']} micro-batch(es) of the last step hold no sample (fewer samples " \
             "than micro-batches): a row without loss keeps those ranks in step" if d["filler_micro_batches"] else ""
         args = self.loader_args
-        log.info(f"data: {d['num_samples']:,} samples per epoch = {d['steps']} steps of {d['step_samples']}{last}; "
+        kept = f" ({self.mixture.fraction:g} of the records kept: {d['kept_records']})" if "kept_records" in d else ""
+        log.info(f"data: {d['num_samples']:,} samples per epoch{kept} = {d['steps']} steps of {d['step_samples']}"
+                 f"{last}; "
                  f"per source {d['counts']}; {'modality-length grouped' if args.group_by_modality_length else 'random'}"
                  f" micro-batches{', packed' if args.pack else ''}; bad samples: {self.policy.on_error}{filler}")
         if args.num_workers > 0:

@@ -53,12 +53,35 @@ from torch.utils.data import DataLoader, Dataset
 
 @dataclass
 class SourceInfo:
-    """What the plan needs of a source: its name, size, and per-sample modality and length proxy."""
+    """What the plan needs of a source: its name, size, and per-sample modality and length proxy (per record).
+
+    `index`: the records the plan draws from when only some are kept (`subsample`): the plan's positions
+    0..size-1 stand for the records index[0..size-1]; None: all records, size = their number."""
 
     name: str
     size: int
     has_image: np.ndarray
     lengths: np.ndarray
+    index: np.ndarray | None = None
+
+
+def subsample(sources: Sequence[SourceInfo], fraction: float | None, seed: int) -> list[SourceInfo]:
+    """LLaVA-1.5's data-efficiency study (spec §1.5): keep `fraction` of the records, the same share of every source
+    (round(fraction x size), at least one record of a non-empty source), a random subset fixed by the seed: the first
+    records of a permutation keyed by (seed, source name), so for one seed a smaller fraction keeps a subset of what a
+    larger one keeps. The mixture's weights and counts then apply to what is kept. None or 1: every record."""
+    if fraction is None or float(fraction) == 1.0:
+        return list(sources)
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"the mixture's fraction must be in (0, 1], got {fraction}")
+    out = []
+    for src in sources:
+        keep = min(src.size, max(1, int(np.floor(fraction * src.size + 0.5)))) if src.size else 0
+        picked = np.sort(_rng(seed, zlib.crc32(src.name.encode()), 0x46524143).permutation(src.size)[:keep])
+        index = picked if src.index is None else np.asarray(src.index)[picked]
+        out.append(SourceInfo(src.name, keep, src.has_image, src.lengths, index))
+    return out
 
 
 def epoch_counts(sizes: Sequence[int], weights: Sequence[float | None] | None = None,
@@ -147,9 +170,12 @@ class MixturePlan:
 
     def fingerprint(self) -> str:
         """A hash of everything the order depends on: a checkpoint's position only means something for the same."""
+        kept = {s.name: hashlib.sha256(np.asarray(s.index, dtype=np.int64).tobytes()).hexdigest()[:16]
+                for s in self.sources if s.index is not None}
         blob = json.dumps({"sources": [(s.name, s.size) for s in self.sources], "counts": self.counts,
                            "seed": self.seed, "micro": self.micro, "world": self.world, "accumulate": self.accumulate,
-                           "group": self.group, "shuffle": self.shuffle, "order": ORDER_VERSION})
+                           "group": self.group, "shuffle": self.shuffle, "order": ORDER_VERSION,
+                           **({"kept": kept} if kept else {})})
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
@@ -157,7 +183,9 @@ class MixturePlan:
                 "last_step_samples": self.last_step_samples, "micro_batches_per_rank": self.micro_batches_per_rank,
                 "filler_micro_batches": self.filler_micro_batches,
                 "counts": {s.name: c for s, c in zip(self.sources, self.counts, strict=True)},
-                "group_by_modality_length": self.group, "order_rule": ORDER_VERSION}
+                "group_by_modality_length": self.group, "order_rule": ORDER_VERSION,
+                **({"kept_records": {s.name: [s.size, len(s.has_image)] for s in self.sources}}
+                   if any(s.index is not None for s in self.sources) else {})}
 
     # ------------------------------------------------------------------------------------------------ order
     def stream(self, s: int, start: int, count: int) -> np.ndarray:
@@ -206,14 +234,16 @@ class MixturePlan:
         return np.concatenate([order[head], order[~head]])
 
     def epoch_samples(self, epoch: int) -> np.ndarray:
-        """The epoch's samples as an [N, 2] array of (source, index), interleaved."""
+        """The epoch's samples as an [N, 2] array of (source, record index), interleaved."""
         labels = np.repeat(np.arange(len(self.sources)), self.counts)
         if self.shuffle:
             labels = labels[_rng(self.seed, 0x4D495855, epoch).permutation(len(labels))]
         keys = np.zeros((len(labels), 2), dtype=np.int64)
         keys[:, 0] = labels
         for s, c in enumerate(self.counts):
-            keys[labels == s, 1] = self.stream(s, epoch * c, c)
+            positions = self.stream(s, epoch * c, c)
+            index = self.sources[s].index
+            keys[labels == s, 1] = positions if index is None else np.asarray(index)[positions]
         return keys
 
     def epoch_micro_batches(self, epoch: int) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmm.config import to_plain
 from lmm.log import log
@@ -48,19 +48,48 @@ def make_loggers(cfg: DictConfig, run_dir: Path, stage: str) -> list[Logger]:
 _WANDB: dict[str, WandbLogger] = {}
 
 
+def _preset() -> str | None:
+    """The preset the job was composed with (Hydra knows it; a config composed outside Hydra does not say)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("preset") if HydraConfig.initialized() else None
+
+
+def wandb_identity(cfg: DictConfig, run_dir: Path, group: str | None = None, tags: list[str] | None = None,
+                   preset: str | None = None) -> dict:
+    """Name, group and tags of the W&B run. A rung of the ablation ladder (`+ablation=<rung>`) is named
+    `<rung>-seed<seed>`, grouped by rung and tagged with rung, seed and preset, so W&B compares rungs over seeds;
+    any other run is named by its folder. The W&B id stays the folder's name, which is unique."""
+    rung = OmegaConf.select(cfg, "ablation.name")
+    tags = list(tags or [])
+    if not rung:
+        return {"name": run_dir.name, "group": group, "tags": tags}
+    seed = OmegaConf.select(cfg, "seed")
+    extra = [str(rung), f"seed{seed}", *([preset] if preset else [])]
+    tags += [t for t in extra if t not in tags]
+    return {"name": f"{rung}-seed{seed}", "group": group or str(rung), "tags": tags}
+
+
 def _wandb_logger(cfg: DictConfig, spec: DictConfig, run_dir: Path) -> WandbLogger:
     key = str(run_dir)
     if key not in _WANDB:
         configure_wandb_env(run_dir)
         kwargs = to_plain(spec)
         cls = get_class(kwargs.pop("_target_"))  # not instantiate(): its own first parameter is named `config`
-        logger = cls(**kwargs, save_dir=str(run_dir), name=run_dir.name, id=run_dir.name, resume="allow",
-                     config=to_plain(cfg))
+        kwargs.update(wandb_identity(cfg, run_dir, kwargs.pop("group", None), kwargs.pop("tags", None), _preset()))
+        logger = cls(**kwargs, save_dir=str(run_dir), id=run_dir.name, resume="allow", config=to_plain(cfg))
         # Lightning always passes `anonymous` to wandb.init, which W&B answers with a deprecation warning on every
         # run; lmm never uses it, so the key is dropped where Lightning keeps its init arguments.
         logger._wandb_init.pop("anonymous", None)
         _WANDB[key] = logger
     return _WANDB[key]
+
+
+def log_run_config(cfg: DictConfig, run_dir: Path, values: dict) -> None:
+    """Add `values` to the W&B run's config (e.g. which align stage the run used), if the run logs to W&B."""
+    for spec in cfg.logger or []:
+        if spec["_target_"].endswith("WandbLogger"):
+            _wandb_logger(cfg, spec, run_dir).log_hyperparams(values)
 
 
 def finish_wandb(run_dir: Path) -> None:
