@@ -244,8 +244,7 @@ def build_sources(root: Path, sizes: dict[str, int], seed: int, facts: set[tuple
     (root / OKVQA_IDS).write_text("".join(r["id"] + "\n" for r in mix["okvqa"]))
     return {"records": {"lcs558k": len(pretrain), **{s: len(mix[s]) for s in SOURCES}},
             "images": images.written, "seconds": round(time.perf_counter() - started, 2),
-            "paths": {"pretrain": str(root / PRETRAIN_JSON), "mix": str(root / MIX_JSON),
-                      "okvqa_ids": str(root / OKVQA_IDS)}}
+            "files": {"pretrain": str(PRETRAIN_JSON), "mix": str(MIX_JSON), "okvqa_ids": str(OKVQA_IDS)}}  # in data/
 
 
 def pretraining_text(rng: random.Random, n: int) -> list[str]:
