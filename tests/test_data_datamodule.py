@@ -36,7 +36,9 @@ def _datamodule(tiny_world: Path, *overrides: str) -> LlavaDataModule:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*THREE_SOURCES, SMALL_WORLD, f"paths.cache_dir={tiny_world}",
                                                        "data.instruct.mixture.num_samples=96", "data.num_workers=0",
-                                                       *overrides])
+                                                       # the paper's padded micro-batches (the tiny preset packs;
+                                                       # packing has its own tests, test_data_packing.py)
+                                                       "data.instruct.loader.pack=false", *overrides])
     OmegaConf.resolve(cfg)
     world = world_root(tiny_world)
     assert Path(cfg.world.root) == world
