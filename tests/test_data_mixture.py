@@ -9,7 +9,8 @@ import pytest
 
 from lmm.data.args import LoaderArgs, MixtureArgs, StoreArgs
 from lmm.data.datamodule import LlavaDataModule
-from lmm.data.mixture import MixturePlan, SourceInfo, apportion, epoch_counts
+from lmm.data.mixture import MixturePlan, SourceInfo
+from lmm.data.portions import apportion, epoch_counts
 from lmm.world.noise import write_source
 from tests.synthetic import data_kit
 
@@ -76,6 +77,22 @@ def test_counts_weights_and_sizes():
     assert sum(apportion(997, [0.5, 0.3, 0.2])) == 997
     with pytest.raises(ValueError, match="weight"):
         epoch_counts([1, 2], weights=[0.5, None])
+    assert epoch_counts([100, 50], passes=[3, None]) == [300, 50]
+    assert epoch_counts([5, 50], passes=[2.5, 0.5]) == [13, 25]  # half up, as the fraction's rounding
+    with pytest.raises(ValueError, match="count or passes"):
+        epoch_counts([1, 2], counts=[4, None], passes=[2, None])
+
+
+def test_passes_apply_to_the_records_the_fraction_keeps(kit, three_sources, tmp_path):
+    """`passes` draws a source several times per epoch, over what the data-efficiency fraction kept: the tiny
+    preset's 3 passes of LLaVA-Instruct must stay 3 passes of the kept subset in the `fraction` sweep."""
+    sources, _ = three_sources
+    dm = LlavaDataModule(sources[:2], **kit, seed=0, micro_batch_size=25, max_text_length=256,
+                         mixture=MixtureArgs(passes={"alpha": 3}, fraction=0.1),
+                         store=StoreArgs(cache_dir=str(tmp_path / "cache"), progress=False))
+    assert dm.schedule()["counts"] == {"alpha": 1800, "beta": 400}
+    alpha = Counter(i for s, i in _keys(dm.train_dataloader()) if s == "alpha")
+    assert len(alpha) == 600 and set(alpha.values()) == {3}  # the 600 kept records, each three times
 
 
 def test_epochs_walk_each_source_stream_without_gaps():

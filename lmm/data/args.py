@@ -24,6 +24,7 @@ class MixtureArgs:
 
     weights: dict[str, float] | None = None  # source name -> share of num_samples (overrides the sources' `weight`)
     counts: dict[str, int] | None = None  # source name -> samples per epoch (overrides the sources' `count`)
+    passes: dict[str, float] | None = None  # source name -> passes over its records per epoch (the sources' `passes`)
     num_samples: int | None = None  # the epoch's size with weights (default: the sources' total size)
     shuffle: bool = True
     fraction: float | None = None  # keep this share of every source's records, a subset fixed by the seed (the
@@ -32,6 +33,7 @@ class MixtureArgs:
     def __post_init__(self) -> None:
         self.weights = dict(to_plain(self.weights) or {})
         self.counts = dict(to_plain(self.counts) or {})
+        self.passes = dict(to_plain(self.passes) or {})
         if self.fraction is not None and not 0.0 < float(self.fraction) <= 1.0:
             raise ValueError(f"mixture.fraction must be in (0, 1] (or null: all records), got {self.fraction}")
 

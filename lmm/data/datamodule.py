@@ -23,7 +23,8 @@ from lmm.config import to_plain
 from lmm.data.args import LoaderArgs, MixtureArgs, PolicyArgs, StoreArgs, coerce
 from lmm.data.dataset import Collator, MixtureDataset, SampleBuilder
 from lmm.data.formats import FormatPrompt
-from lmm.data.mixture import MixtureLoader, MixturePlan, MixtureSampler, SourceInfo, epoch_counts, subsample
+from lmm.data.mixture import MixtureLoader, MixturePlan, MixtureSampler, SourceInfo, subsample
+from lmm.data.portions import epoch_counts
 from lmm.data.records import Record, RecordError, resolve_image_path
 from lmm.data.rejects import RejectLog
 from lmm.data.sources.spec import SourceSpec, ensure_store
@@ -76,13 +77,14 @@ class LlavaDataModule(L.LightningDataModule):
         if isinstance(sources, (Mapping, str, bytes)):
             raise TypeError(f"`sources` is a list of sources, got {type(sources).__name__}")
         items = [_source(s) for s in sources]
-        for name in set(mixture.weights) | set(mixture.counts):
+        for name in set(mixture.weights) | set(mixture.counts) | set(mixture.passes):
             if name not in {s.name for s in items}:
                 raise ValueError(f"the mixture weighs source {name!r}, which is not among its sources")
         specs = []
         for spec in items:
             spec = dataclasses.replace(spec, weight=mixture.weights.get(spec.name, spec.weight),
-                                       count=mixture.counts.get(spec.name, spec.count))
+                                       count=mixture.counts.get(spec.name, spec.count),
+                                       passes=mixture.passes.get(spec.name, spec.passes))
             if spec.active:
                 specs.append(spec)
         names = [s.name for s in specs]
@@ -179,7 +181,7 @@ class LlavaDataModule(L.LightningDataModule):
                                                                                strict=True)]
         infos = subsample(infos, self.mixture.fraction, self.seed)
         counts = epoch_counts([i.size for i in infos], [s.weight for s in self.specs],
-                              [s.count for s in self.specs], self.mixture.num_samples)
+                              [s.count for s in self.specs], self.mixture.num_samples, [s.passes for s in self.specs])
         return MixturePlan(infos, counts, self.seed, self.micro_batch_size, world, accumulate,
                            self.loader_args.group_by_modality_length, self.mixture.shuffle)
 

@@ -84,38 +84,6 @@ def subsample(sources: Sequence[SourceInfo], fraction: float | None, seed: int) 
     return out
 
 
-def epoch_counts(sizes: Sequence[int], weights: Sequence[float | None] | None = None,
-                 counts: Sequence[int | None] | None = None, num_samples: int | None = None) -> list[int]:
-    """Samples per source per epoch: from weights (x num_samples, default the sources' total), absolute counts,
-    or the sources' sizes. Largest-remainder rounding keeps the total exact."""
-    n = len(sizes)
-    weights = list(weights) if weights is not None else [None] * n
-    counts = list(counts) if counts is not None else [None] * n
-    if any(w is not None for w in weights):
-        if any(w is None for w in weights) or any(c is not None for c in counts):
-            raise ValueError("give every source of a mixture a weight, or give counts (absolute samples per epoch)")
-        if any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
-        total = int(num_samples) if num_samples is not None else int(sum(sizes))
-        return apportion(total, weights)
-    raw = [int(c) if c is not None else int(s) for c, s in zip(counts, sizes, strict=True)]
-    if num_samples is not None:
-        return apportion(int(num_samples), raw)
-    return raw
-
-
-def apportion(total: int, shares: Sequence[float]) -> list[int]:
-    """Split `total` in proportion to `shares` into integers summing to `total` (largest remainder)."""
-    s = float(sum(shares))
-    if total <= 0 or s <= 0:
-        return [0] * len(shares)
-    exact = [total * float(w) / s for w in shares]
-    out = [int(np.floor(x)) for x in exact]
-    for i in sorted(range(len(shares)), key=lambda k: (-(exact[k] - out[k]), k))[: total - sum(out)]:
-        out[i] += 1
-    return out
-
-
 ORDER_VERSION = 2  # part of the fingerprint: a checkpoint's position from another order rule is refused
 
 

@@ -3,7 +3,7 @@
 A source is a LLaVA-format file and image root, converted once into a store under the cache (lmm.data.sources.convert),
 or an already converted store (`store`: a local folder, or a URL read as is), optionally carved out of the 665K file
 by rule (`carve: vqav2`), with its response-format policy and `format_prompt` on or off. How much of it an epoch
-holds (`weight`, `count`) is the mixture's business; the values here are the source's defaults.
+holds (`weight`, `count`, `passes`) is the mixture's business; the values here are the source's defaults.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class SourceSpec:
     format_prompt: bool = True  # the policy's prompt on (appended where missing) or off (stripped)
     weight: float | None = None  # share of the mixture's num_samples (every source weighed, or none)
     count: int | None = None  # absolute samples per epoch
+    passes: float | None = None  # samples per epoch as passes over its records (3: each record three times; after
+    #                              the mixture's `fraction`, so a kept subset is drawn as often)
     enabled: bool = True  # false: the mixture leaves the source out
     description: str | None = None
 
@@ -57,7 +59,7 @@ class SourceSpec:
     @property
     def active(self) -> bool:
         """Whether a mixture takes samples of it (enabled, and not weighed or counted zero)."""
-        return self.enabled is not False and self.weight != 0 and self.count != 0
+        return self.enabled is not False and self.weight != 0 and self.count != 0 and self.passes != 0
 
 
 def ensure_store(spec: SourceSpec, cache_dir: str | Path, *, on_error: str = "error", verify_images: str = "header",
