@@ -110,7 +110,7 @@ def test_tiles_row_major_and_whole_image_position(mode: str) -> None:
     base = ImageTransform(32, aspect="pad", resample="nearest")
     spec = TilingSpec(mode, 32, grid_pinpoints=((64, 64),)) if mode == "anyres" else TilingSpec(mode, 32,
                                                                                                 max_tiles=4)
-    tiles = TiledTransform(base, spec)(quadrants())
+    tiles = TiledTransform(base, spec, side=4)(quadrants())
     assert tiles.shape == (5, 3, 32, 32)
     grid = list(tiles[1:]) if mode == "anyres" else list(tiles[:-1])
     assert [_colour(t, base) for t in grid] == [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
@@ -126,7 +126,7 @@ def test_padding_colour(mode: str, fill: tuple[int, int, int]) -> None:
     base = ImageTransform(32, aspect="pad")
     spec = TilingSpec(mode, 32, grid_pinpoints=((32, 64), (64, 64)), max_tiles=4)
     assert spec.resolution((40, 64)) == (64, 64)
-    canvas = np.asarray(TiledTransform(base, spec).canvas(Image.new("RGB", (64, 40), (255, 255, 255))))
+    canvas = np.asarray(TiledTransform(base, spec, side=4).canvas(Image.new("RGB", (64, 40), (255, 255, 255))))
     assert canvas.shape[:2] == (64, 64)
     assert tuple(canvas[11, 0]) == fill and tuple(canvas[52, 63]) == fill
     assert tuple(canvas[12, 0]) == (255, 255, 255) and tuple(canvas[51, 63]) == (255, 255, 255)

@@ -42,6 +42,7 @@ from lmm.log import log
 from lmm.model.build import cast_model, part_dtypes
 from lmm.model.llava import LlavaModel
 from lmm.model.preprocess import ImageTransform
+from lmm.model.tiles import TiledTransform
 from lmm.provenance import provenance
 
 THUMBNAIL = 256  # side of the letterboxed sample images logged to W&B
@@ -73,6 +74,9 @@ def _image_transform(cfg: DictConfig, model: LlavaModel,
         raise ValueError(f"the image preprocessing ({source}) makes {transform.image_size}px images, but the model's "
                          f"encoder takes {model.encoder.image_size}px: evaluate with the checkpoint's own "
                          "preprocessing (lmm.model.io.load_checkpoint(...).image_processor)")
+    if model.tiled and not isinstance(transform, TiledTransform):  # input=hd/anyres: the same pixels, as tiles
+        transform = TiledTransform(transform, model.connector.spec,
+                                   model.encoder.image_size // model.encoder.config.patch_size)
     return transform, str(source)
 
 

@@ -61,7 +61,9 @@ class LlavaModel(nn.Module):
         """The pixels this model takes: the encoder's preprocessing (VisionEncoder.image_transform), as tiles when
         the model is tiled."""
         base = self.encoder.image_transform(aspect, source=source)
-        return TiledTransform(base, self.connector.spec) if self.tiled else base
+        if not self.tiled:
+            return base
+        return TiledTransform(base, self.connector.spec, self.encoder.image_size // self.encoder.config.patch_size)
 
     def visual_tokens(self, image_size: tuple[int, int]) -> int:
         """Visual tokens of an image of this (height, width): what its placeholder stands for."""

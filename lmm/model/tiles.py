@@ -20,10 +20,11 @@ class TiledTransform:
     (anyres: first, squashed to S x S; hd: last, padded to a square then resized; absent for hd without global
     context). `image_size` is the tile side S, as for ImageTransform, so blank images and checks work unchanged."""
 
-    def __init__(self, base: ImageTransform, spec: TilingSpec) -> None:
+    def __init__(self, base: ImageTransform, spec: TilingSpec, side: int) -> None:
         if base.image_size != spec.tile:
             raise ValueError(f"the tile is {spec.tile}px but the encoder's preprocessing makes {base.image_size}px")
         self.base, self.spec = base.with_aspect("crop"), spec  # tiles are already S x S: no pad, the crop is a no-op
+        self.side = side  # feature cells per tile side (tile // patch size): what the token counts need
         self.pad_color = (0, 0, 0) if spec.mode == "anyres" else base.pad_color  # anyres pads black (spec §6.2.2)
 
     def __repr__(self) -> str:
@@ -36,6 +37,10 @@ class TiledTransform:
     @property
     def aspect(self) -> str:
         return self.spec.mode
+
+    def processor_config(self) -> dict:
+        """The tile's preprocessing (ImageTransform.processor_config) and the tiling, for the records."""
+        return {**self.base.processor_config(), "tiling": {"tile": self.spec.tile, **self.spec.to_config()}}
 
     def canvas(self, img: Image.Image) -> Image.Image:
         """The image fitted into its best resolution (aspect kept) and centred on a padded canvas."""
@@ -68,6 +73,13 @@ class TiledTransform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return torch.stack([self.base(t) for t in self.tiles(image)])
 
-    def visual_tokens(self, image: Size, side: int, per_tile: int | None = None) -> int:
+    def visual_tokens(self, image: Size) -> int:
         """Visual tokens the model makes of an image of this (height, width)."""
-        return self.spec.num_visual_tokens(image, side, per_tile)
+        return self.spec.num_visual_tokens(image, self.side)
+
+    def blank(self) -> tuple[torch.Tensor, Size]:
+        """The tiles of a blank tile-sized image, and its size: what a text-only sample carries (see
+        LlavaModel.splice: every batch has pixels)."""
+        s = self.spec.tile
+        return torch.zeros(self.spec.num_tiles((s, s)), 3, s, s), (s, s)
+

@@ -146,6 +146,10 @@ class TilingSpec:
             return 0, rows * side, 0, cols * side
         return unpadded_window(image, (rows * side, cols * side))
 
+    def max_visual_tokens(self, side: int) -> int:
+        """The most visual tokens any image can get: an image of exactly the largest canvas (nothing to unpad)."""
+        return max(self.num_visual_tokens(c, side) for c in self.candidates())
+
     def num_visual_tokens(self, image: Size, side: int, per_tile: int | None = None) -> int:
         """Visual tokens for an image: the kept feature cells, one newline per kept row, and the global tile's
         `per_tile` tokens (default side**2; +1 with CLS kept)."""

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from lmm.data.images import load_image
+from lmm.data.images import batch_images, load_image
 from lmm.data.records import Record, resolve_image_path
 from lmm.train.sharding import gathered
 
@@ -38,7 +38,8 @@ class SampleGenerations(L.Callback):
 
     def generate(self, pl_module: L.LightningModule) -> list[dict[str, Any]]:
         model, device = pl_module.model, pl_module.device
-        ids, images, pil_images = [], [], []
+        ids, images, sizes, pil_images = [], [], [], []
+        blank = getattr(self.image_transform, "blank", None)  # tiled (input=hd/anyres): tiles + size
         for rec, image_root in self.examples:
             has_image = rec.image is not None
             question = rec.conversations[0].value
@@ -47,6 +48,12 @@ class SampleGenerations(L.Callback):
                 img = load_image(resolve_image_path(image_root, rec.image))
                 pil_images.append(img)
                 images.append(self.image_transform(img))
+                sizes.append((img.height, img.width))
+            elif blank is not None:
+                pil_images.append(None)
+                image, size = blank()
+                images.append(image)
+                sizes.append(size)
             else:
                 pil_images.append(None)
                 images.append(torch.zeros(3, self.image_transform.image_size, self.image_transform.image_size))
@@ -60,8 +67,10 @@ class SampleGenerations(L.Callback):
         # trainer=fsdp: gather the root unit's weights (embeddings, head, connector); all ranks generate in lockstep
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() and \
             torch.distributed.get_world_size() > 1
+        pixels, image_sizes = batch_images(images, sizes if blank is not None else None)
         with gathered(model):
-            out = model.generate(input_ids.to(device), mask.to(device), torch.stack(images).to(device),
+            out = model.generate(input_ids.to(device), mask.to(device), pixels.to(device),
+                                 image_sizes=None if image_sizes is None else image_sizes.to(device),
                                  max_new_tokens=self.max_new_tokens, do_sample=False,
                                  eos_token_id=self.template.stop_token_ids(self.tokenizer),
                                  pad_token_id=self.tokenizer.pad_token_id, synced_gpus=distributed)
@@ -208,7 +217,10 @@ class Throughput(L.Callback):
             return
         n_images = int(batch["has_image"].sum())
         self._samples += real_samples(batch)
-        self._tokens += int(batch["attention_mask"].sum()) + n_images * (self.visual - 1)
+        if "visual_tokens" in batch:  # tiled (input=hd/anyres): each image's own count
+            self._tokens += int(batch["attention_mask"].sum()) + int(batch["visual_tokens"].sum()) - n_images
+        else:
+            self._tokens += int(batch["attention_mask"].sum()) + n_images * (self.visual - 1)
         if (batch_idx + 1) % (self.every * trainer.accumulate_grad_batches):
             return
         elapsed = time.perf_counter() - self._t0
