@@ -139,3 +139,26 @@ def test_truncation_leaves_room_for_each_images_tokens(tmp_path) -> None:
         assert spliced.attention_mask.shape[1] == model.max_length
         texts.append(len(s["input_ids"]))
     assert texts[0] - texts[1] == model.visual_tokens((50, 50)) - model.visual_tokens((20, 60))
+
+
+def test_instruct_starts_from_the_align_connector(tmp_path) -> None:
+    """The align stage's (plain) connector loads into the tiled connector's inner one; image_newline keeps its init;
+    a whole tiled connector (an instruct stage's) loads as it is."""
+    from safetensors.torch import save_file
+
+    from lmm.train.module import load_connector
+
+    align = tiny_llava(seed=1).connector
+    save_file({k: v.contiguous() for k, v in align.state_dict().items()}, str(tmp_path / "align.safetensors"))
+    model = tiled_model()
+    newline = model.connector.image_newline.detach().clone()
+    load_connector(model, str(tmp_path / "align.safetensors"))
+    for k, v in align.state_dict().items():
+        assert torch.equal(model.connector.inner.state_dict()[k], v), k
+    assert torch.equal(model.connector.image_newline, newline)
+    with torch.no_grad():
+        model.connector.image_newline.add_(1.0)
+    save_file({k: v.contiguous() for k, v in model.connector.state_dict().items()}, str(tmp_path / "tiled.safetensors"))
+    other = tiled_model()
+    load_connector(other, str(tmp_path / "tiled.safetensors"))
+    assert torch.equal(other.connector.image_newline, model.connector.image_newline)
