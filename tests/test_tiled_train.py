@@ -45,6 +45,8 @@ def test_arm_trains_a_few_steps(tmp_path, tiny_world, arm: str) -> None:
     (run,) = (tmp_path / "out" / "runs").iterdir()
     results = json.loads((run / "results.json").read_text())
     assert results["stages"]["instruct"]["global_step"] == 2
+    tokens = results["stages"]["instruct"]["trained"]["visual_tokens_per_image"]  # the real mean, not a fixed count
+    assert tokens > results["stages"]["align"]["model/visual_tokens_per_image"]
     assert results["eval"]["protocol"]["image_preprocessing"]["tiling"]["mode"] == arm
     connector = load_file(str(run / "instruct" / "connector.safetensors"))
     assert "image_newline" in connector and any(k.startswith("inner.") for k in connector)
