@@ -36,6 +36,14 @@ def test_arms_compose_with_their_tower_and_share_its_align_stage(preset: str) ->
     assert hd.ablation.base == "res336" and anyres.ablation.row is None
 
 
+def test_a_misspelled_tiling_fails_before_anything_is_built() -> None:
+    from lmm.config import ConfigError, validate
+    from tests.test_config import cfg_of
+
+    with pytest.raises(ConfigError, match="input.tiling"):
+        validate(cfg_of("input=hd", "input.tiling=hdd"))
+
+
 @pytest.mark.parametrize("arm", ["anyres", "hd"])
 def test_arm_trains_a_few_steps(tmp_path, tiny_world, arm: str) -> None:
     env = env_for(tmp_path, tiny_world)

@@ -84,6 +84,8 @@ def test_tiling_spec_from_config() -> None:
         TilingSpec("anyres", 100, grid_pinpoints=((150, 300),))
     with pytest.raises(ValueError, match="mode"):
         TilingSpec("spatial", 336)
+    with pytest.raises(ValueError, match="global_context"):
+        TilingSpec("anyres", 336, global_context=False)
 
 
 def quadrants(size: int = 64) -> Image.Image:
@@ -175,5 +177,8 @@ def test_pack_hd_global_last_and_optional() -> None:
     assert torch.equal(out[4], conn.image_newline)
     assert out[-4:, 0].tolist() == [2, 2, 2, 2]
     spec_off = TilingSpec("hd", 28, max_tiles=2, global_context=False)
-    off = TiledConnector(3, 3, _Identity(3, 3), spec_off).pack(_labelled(2, 2), (28, 56))
+    conn_off = TiledConnector(3, 3, _Identity(3, 3), spec_off)
+    with torch.no_grad():
+        conn_off.image_newline.fill_(-1.0)  # not a tile label: the rows of tile labels hold tiles 0 and 1 only
+    off = conn_off.pack(_labelled(2, 2), (28, 56))
     assert off.shape == (2 * 5, 3) and off[:, 0].max() == 1

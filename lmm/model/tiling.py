@@ -21,8 +21,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from lmm.constants import TILINGS
+
 Size = tuple[int, int]  # (height, width)
-MODES = ("anyres", "hd")
+MODES = TILINGS
 ANYRES_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))  # HF's default, spec §6.2
 
 
@@ -96,6 +98,8 @@ class TilingSpec:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"tiling mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "anyres" and not self.global_context:
+            raise ValueError("anyres always encodes the whole image as its base tile; global_context=false is HD's")
         object.__setattr__(self, "grid_pinpoints", tuple((int(h), int(w)) for h, w in self.grid_pinpoints))
         bad = [p for p in self.candidates() if p[0] % self.tile or p[1] % self.tile]
         if bad:
