@@ -11,8 +11,9 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaNextForConditionalGeneration, LlavaNextProcessor, PreTrainedTokenizerFast
 
+from lmm.export import _main as export_cli
 from lmm.export import export_hf_llava
-from lmm.model.io import from_hf_llava, load_lmm_model, save_lmm_model
+from lmm.model.io import from_hf_llava, load_checkpoint, load_lmm_model, save_lmm_model
 from lmm.model.llava import LlavaModel
 from lmm.model.tiled import TiledConnector
 from lmm.model.tiling import TilingSpec
@@ -83,8 +84,9 @@ def test_export_refuses_hd(tmp_path: Path, tokenizer: PreTrainedTokenizerFast) -
         export_hf_llava(model, tokenizer, tmp_path / "hf")
 
 
-def test_lmm_folder_roundtrip(tmp_path: Path, tokenizer: PreTrainedTokenizerFast) -> None:
-    """save_lmm_model / load_lmm_model keep the tiling and image_newline (the connector card rebuilds them)."""
+def test_lmm_folder_roundtrip(tmp_path: Path, tokenizer: PreTrainedTokenizerFast, offline: None) -> None:  # noqa: F811
+    """save_lmm_model / load_lmm_model keep the tiling and image_newline (the connector card rebuilds them); the
+    export CLI turns the folder into a LlavaNext folder, which `checkpoint=` (load_checkpoint) reads back tiled."""
     model = tiny_anyres(tokenizer)
     save_lmm_model(model.state_dict(), model, tmp_path, tokenizer=tokenizer,
                    image_transform=model.encoder.image_transform())
@@ -92,3 +94,9 @@ def test_lmm_folder_roundtrip(tmp_path: Path, tokenizer: PreTrainedTokenizerFast
     assert loaded.tiled and loaded.connector.spec == model.connector.spec
     for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2), k
+    export_cli([str(tmp_path / "model"), str(tmp_path / "hf")])
+    assert isinstance(AutoProcessor.from_pretrained(tmp_path / "hf"), LlavaNextProcessor)
+    back = load_checkpoint(tmp_path / "hf")
+    assert back.source == "hf_llava" and back.model.tiled and back.tokenizer is not None
+    assert back.model.connector.spec == model.connector.spec
+    assert torch.equal(back.model.connector.image_newline, model.connector.image_newline)
