@@ -56,6 +56,8 @@ def test_arm_trains_a_few_steps(tmp_path, tiny_world, arm: str) -> None:
     tokens = results["stages"]["instruct"]["trained"]["visual_tokens_per_image"]  # the real mean, not a fixed count
     assert tokens > results["stages"]["align"]["model/visual_tokens_per_image"]
     assert results["eval"]["protocol"]["image_preprocessing"]["tiling"]["mode"] == arm
+    per_bench = [b["visual_tokens_per_image"] for b in results["eval"]["benchmarks"].values()]
+    assert all(t is None or t > 0 for t in per_bench) and results["eval"]["model"]["visual_tokens_per_image"] > 0
     connector = load_file(str(run / "instruct" / "connector.safetensors"))
     assert "image_newline" in connector and any(k.startswith("inner.") for k in connector)
     align = load_file(str(run / "align" / "connector.safetensors"))
