@@ -1,87 +1,92 @@
-"""The figures of experiments/world.md, from run folders: every benchmark's headline per run, the change each
-instruction source brings on the benchmark it targets (full mixture vs conversations only), a blind control, and
-TextVQA split by print size at two input resolutions. Paired differences carry a 95% bootstrap interval over the
-benchmark's questions (per-question correctness from the answer files).
+"""The figures of experiments/world.md from run folders, with lmm.compare's loading and paired bootstrap: every
+benchmark's headline per run, paired differences between two runs on every benchmark they share (full mixture vs
+conversations only, seeing vs blind), and TextVQA split by the print size of its sign at two input resolutions.
 
-    python experiments/world_figures.py full=outputs/runs/world-full conv=outputs/runs/world-conv \
-        blind=outputs/runs/world-blind res336=outputs/runs/world-res336 > /tmp/figures.md
+    python experiments/world_figures.py full=<run> conv=<run> blind=<run> res224=<run> res336=<run> > figures.md
+
+Each name is optional; a figure appears when its runs are given. Intervals: 95% paired bootstrap over the
+benchmark's questions (the benchmark's own resampling unit), 2000 resamples, seed 0.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 
-from lmm.eval.scoring.normalize import gqa_postprocess
-from lmm.eval.scoring.vqa import vqa_score
+import numpy as np
+
+from lmm.compare import bootstrap as bs
+from lmm.compare.runs import Run, load_run
+
+PAIRS = [("conv", "full", "full mixture - conversations only"), ("blind", "full", "seeing - blind")]
 
 
-def results(run: Path) -> dict:
-    return json.loads((run / "eval" / "results.json").read_text())
-
-
-def headline_table(runs: dict[str, Path]) -> str:
-    loaded = {name: results(run) for name, run in runs.items()}
-    benches = list(next(iter(loaded.values()))["benchmarks"])
+def headline_table(runs: dict[str, Run]) -> str:
+    benches = list(dict.fromkeys(b for r in runs.values() for b in r.benchmarks))
     lines = ["| benchmark | metric | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
     for b in benches:
-        metric = loaded[next(iter(loaded))]["benchmarks"][b]["headline_metric"]
-        cells = [f"{r['benchmarks'][b]['headline']:.1f}" if b in r["benchmarks"] else "–" for r in loaded.values()]
+        metric = next(r.benchmarks[b].metric for r in runs.values() if b in r.benchmarks)
+        cells = [f"{r.benchmarks[b].headline:.1f}" if b in r.benchmarks and r.benchmarks[b].headline is not None
+                 else "-" for r in runs.values()]
         lines.append(f"| {b} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _answers(run: Path, bench: str) -> dict[str, str]:
-    rows = [json.loads(line) for line in (run / "eval" / bench / "answers.jsonl").read_text().splitlines()]
-    return {str(r["question_id"]): r["text"] for r in rows}
+def paired_change(kind: str, before: list[dict], after: list[dict]) -> tuple[float, float, float] | None:
+    """after - before in the benchmark's own metric, and its 95% paired bootstrap interval."""
+    stat = bs.statistic_for(kind)
+    if stat is None or not before or not after:
+        return None
+    tables = [[bs.unit_table(stat, before)], [bs.unit_table(stat, after)]]
+    samples, note = bs.bootstrap_rungs(stat, tables, bs.DEFAULT_RESAMPLES, seed=0)
+    if note or samples[0] is None or samples[1] is None:
+        return None
+    delta = bs.point_value(stat, *tables[1][0]) - bs.point_value(stat, *tables[0][0])
+    return (delta, *bs.interval(samples[1] - samples[0]))
 
 
-def textvqa_correct(run: Path, world_eval: Path) -> dict[str, tuple[float, str]]:
-    """Per TextVQA question: (VQA accuracy, print size of its sign)."""
-    data = json.loads((world_eval / "textvqa" / "TextVQA_0.5.1_val.json").read_text())["data"]
-    answers = _answers(run, "tiny_textvqa")
-    return {d["image_id"]: (vqa_score(answers[d["image_id"]], d["answers"]), d["sign_print"]) for d in data}
+def _fmt(change: tuple[float, float, float] | None) -> str:
+    return "-" if change is None else "{:+.1f} [{:+.1f}, {:+.1f}]{}".format(*change, "*" * (change[1] > 0 or
+                                                                                          change[2] < 0))
 
 
-def gqa_correct(run: Path, world_eval: Path) -> dict[str, float]:
-    truth = json.loads((world_eval / "gqa" / "data" / "testdev_balanced_questions.json").read_text())
-    answers = _answers(run, "tiny_gqa")
-    return {q: float(gqa_postprocess(answers[q]) == t["answer"]) for q, t in truth.items()}
+def pair_table(a: Run, b: Run) -> str:
+    lines = ["| benchmark | change, 95% CI |", "|---|---|"]
+    for name, result in b.benchmarks.items():
+        if name in a.benchmarks:
+            change = paired_change(result.kind, a.benchmarks[name].records(), result.records())
+            lines.append(f"| {name} | {_fmt(change)} |")
+    return "\n".join(lines)
 
 
-def paired_interval(a: list[float], b: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of b - a in points, and a 95% percentile bootstrap interval over the paired questions."""
-    rng = random.Random(seed)
-    diffs = [y - x for x, y in zip(a, b, strict=True)]
-    n = len(diffs)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(draws))
-    return 100 * sum(diffs) / n, 100 * means[int(0.025 * draws)], 100 * means[int(0.975 * draws) - 1]
+def print_sizes(run: Run) -> dict[str, str]:
+    """image id (TextVQA's answers are keyed by it) -> the print size of its sign ('large' | 'small')."""
+    image = run.benchmarks["tiny_textvqa"].records()[0]["image"]
+    questions = Path(image).parents[1] / "TextVQA_0.5.1_val.json"
+    return {d["image_id"]: d["sign_print"] for d in json.loads(questions.read_text())["data"]}
+
+
+def small_print_table(low: Run, high: Run) -> str:
+    sizes = print_sizes(low)
+    lines = ["| print | questions | low res | high res | high - low, 95% CI |", "|---|---|---|---|---|"]
+    for size in ("large", "small"):
+        recs = [[r for r in run.benchmarks["tiny_textvqa"].records() if sizes.get(r["question_id"]) == size]
+                for run in (low, high)]
+        means = [100 * np.mean([r["score"] for r in rs]) for rs in recs]
+        change = paired_change("textvqa", *recs)
+        lines.append(f"| {size} | {len(recs[0])} | {means[0]:.1f} | {means[1]:.1f} | {_fmt(change)} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
-    runs = {k: Path(v) for k, v in (a.split("=", 1) for a in argv)}
-    world_eval = Path(results(next(iter(runs.values())))["benchmarks"]["tiny_gqa"]["files"]["questions"]["path"])
-    world_eval = world_eval.parents[1]
-    print("## Headlines\n")
-    print(headline_table(runs))
-    if "full" in runs and "conv" in runs:
-        a, b = gqa_correct(runs["conv"], world_eval), gqa_correct(runs["full"], world_eval)
-        keys = sorted(a)
-        d, lo, hi = paired_interval([a[k] for k in keys], [b[k] for k in keys])
-        print(f"\nGQA, full mixture - conversations only: {d:+.1f} points, 95% CI [{lo:+.1f}, {hi:+.1f}] "
-              f"over {len(keys)} questions")
-    if "full" in runs and "res336" in runs:
-        print("\n## TextVQA by print size\n")
-        print("| print | n | res224 | res336 | res336 - res224 (95% CI) |\n|---|---|---|---|---|")
-        low, high = textvqa_correct(runs["full"], world_eval), textvqa_correct(runs["res336"], world_eval)
-        for size in ("large", "small"):
-            keys = sorted(k for k, (_, p) in low.items() if p == size)
-            x, y = [low[k][0] for k in keys], [high[k][0] for k in keys]
-            d, lo, hi = paired_interval(x, y)
-            print(f"| {size} | {len(keys)} | {100 * sum(x) / len(x):.1f} | {100 * sum(y) / len(y):.1f} | "
-                  f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}] |")
+    runs = {k: load_run(Path(v)) for k, v in (a.split("=", 1) for a in argv)}
+    print("## Headlines\n\n" + headline_table(runs))
+    for before, after, title in PAIRS:
+        if before in runs and after in runs:
+            print(f"\n## {title}\n\n" + pair_table(runs[before], runs[after]))
+    if "res224" in runs and "res336" in runs:
+        print("\n## TextVQA by print size\n\n" + small_print_table(runs["res224"], runs["res336"]))
 
 
 if __name__ == "__main__":

@@ -227,3 +227,21 @@ def test_a_rung_runs_end_to_end_and_the_next_reuses_its_align_stage(tmp_path, ti
     again = json.loads((second / "results.json").read_text())["stages"]["align"]
     assert again["reused"] is True and again["fingerprint"] == results["stages"]["align"]["fingerprint"]
     assert (second / "align").resolve() == (first / "align").resolve() == Path(again["dir"])
+
+
+def test_every_rung_and_arm_trains_a_few_steps_in_one_multirun(tmp_path, tiny_world):
+    """The ladder and its arms as one Hydra multirun on the small world, two steps per stage: every rung runs, and
+    align stages are trained only where the rung changes what align depends on (rows 0, 3, 6, 9; the Q-Former arm's
+    connector; the LLaVA-loss arm's align loss), the other rungs reuse the one above them."""
+    env = env_for(tmp_path, tiny_world)
+    rungs = [*LADDER, *ARMS]
+    run_py(["-m", *SMALL, "stage.align.max_steps=2", "stage.instruct.max_steps=2", "num_sample_generations=0",
+            "logger=csv", "~eval", "seed=1", f"+ablation={','.join(rungs)}"], env, timeout=900)
+    runs = {d.name.split("-seed1-")[0]: d for d in (tmp_path / "out" / "runs").iterdir() if "-seed1-" in d.name}
+    assert sorted(runs) == sorted(rungs)
+    stages = {r: json.loads((runs[r] / "results.json").read_text())["stages"] for r in rungs}
+    assert all(stages[r]["instruct"]["global_step"] == 2 for r in rungs)
+    trained = {r for r in rungs if not stages[r]["align"]["reused"]}
+    assert trained == {"baseline", "mlp", "res336", "llm13b", "qformer_lite", "loss_llava"}
+    for rung in set(LADDER) - trained:
+        assert stages[rung]["align"]["fingerprint"] == stages[BASE[rung]]["align"]["fingerprint"], rung

@@ -64,6 +64,9 @@ def test_evaluate_writes_answers_results_and_wandb(tiny_world, saved, tmp_path, 
     cfg = small_suite(tiny_world)
     logger = WandbLogger(project="lmm-test", save_dir=str(tmp_path), offline=True)
     run_dir = tmp_path / "run"
+    logged = []
+    log_artifact = logger.experiment.log_artifact
+    monkeypatch.setattr(logger.experiment, "log_artifact", lambda a, **kw: (logged.append(a), log_artifact(a, **kw)))
     try:
         results = evaluate(cfg, loaded.model, loaded.tokenizer, run_dir, loggers=[logger],
                            image_processor=loaded.image_processor, model_id=loaded.model_id, trainer_kwargs=CPU)
@@ -104,6 +107,13 @@ def test_evaluate_writes_answers_results_and_wandb(tiny_world, saved, tmp_path, 
     assert (run_dir / "eval" / "tiny_gqa" / "testdev_balanced_predictions.json").exists()
     samples = [json.loads(line) for line in (run_dir / "eval" / "samples.jsonl").read_text().splitlines()]
     assert {s["benchmark"] for s in samples} == set(KEEP)
+    # the per-question records travel with the W&B run (compare.py --wandb-project reads them for its intervals)
+    (artifact,) = [a for a in logged if a.type == "evaluation"]
+    entries = artifact.manifest.entries
+    for name in KEEP:
+        local = run_dir / "eval" / name / "per_question.jsonl"
+        assert Path(entries[f"{name}/per_question.jsonl"].local_path).read_bytes() == local.read_bytes()
+    assert "results.json" in entries
     tables = list(files_dir.rglob("predictions*.table.json"))
     assert len(tables) == 1
     table = json.loads(tables[0].read_text())

@@ -22,7 +22,8 @@ T = TypeVar("T")
 class MixtureArgs:
     """How much of each source an epoch holds (default: all of each, once), and whether its order is shuffled."""
 
-    weights: dict[str, float] | None = None  # source name -> share of num_samples (overrides the sources' `weight`)
+    weights: dict[str, float] | None = None  # source name -> share of num_samples (overrides the sources' `weight`,
+    #                                            and their `count` and `passes`: a weighed mixture is all weights)
     counts: dict[str, int] | None = None  # source name -> samples per epoch (overrides the sources' `count`)
     passes: dict[str, float] | None = None  # source name -> passes over its records per epoch (the sources' `passes`)
     num_samples: int | None = None  # the epoch's size with weights (default: the sources' total size)

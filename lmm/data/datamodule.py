@@ -81,10 +81,11 @@ class LlavaDataModule(L.LightningDataModule):
             if name not in {s.name for s in items}:
                 raise ValueError(f"the mixture weighs source {name!r}, which is not among its sources")
         specs = []
+        weighed = bool(mixture.weights)  # the mixture's weights replace the sources' own counts and passes
         for spec in items:
             spec = dataclasses.replace(spec, weight=mixture.weights.get(spec.name, spec.weight),
-                                       count=mixture.counts.get(spec.name, spec.count),
-                                       passes=mixture.passes.get(spec.name, spec.passes))
+                                       count=mixture.counts.get(spec.name, None if weighed else spec.count),
+                                       passes=mixture.passes.get(spec.name, None if weighed else spec.passes))
             if spec.active:
                 specs.append(spec)
         names = [s.name for s in specs]

@@ -132,8 +132,9 @@ def _table_rows(bench: Benchmark, qs: list[Question], texts: list[str], per: lis
 
 
 def _log_wandb(loggers: list[Logger], summary: dict[str, float], rows: list[dict[str, Any]],
-               by_name: dict[str, Benchmark]) -> None:
-    """Scores into the run summary, sample predictions (with images) as a wandb.Table."""
+               by_name: dict[str, Benchmark], out_dir: Path) -> None:
+    """Scores into the run summary, sample predictions (with images) as a wandb.Table, and the eval folder's
+    results and per-question records as an artifact: what `compare.py --wandb-project` needs for its intervals."""
     for logger in loggers:
         if not isinstance(logger, WandbLogger):
             continue
@@ -156,6 +157,13 @@ def _log_wandb(loggers: list[Logger], summary: dict[str, float], rows: list[dict
         # Offline runs drop the images inside a table (wandb/wandb#4611): the same images are also logged as a plain
         # media list, which offline runs keep and `wandb sync` uploads.
         run.log({"eval/predictions": wandb.Table(columns=columns, data=data), "eval/sample_images": images})
+        artifact = wandb.Artifact(f"eval-{run.id}", type="evaluation", metadata={"benchmarks": list(by_name)})
+        artifact.add_file(str(out_dir / "results.json"), name="results.json")
+        for name in by_name:
+            for file in (PER_QUESTION_FILE, "scores.json"):
+                if (out_dir / name / file).is_file():
+                    artifact.add_file(str(out_dir / name / file), name=f"{name}/{file}")
+        run.log_artifact(artifact, aliases=["eval", "latest"])
 
 
 # ----------------------------------------------------------------------------------------------------- evaluate
@@ -246,7 +254,7 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
-        _log_wandb(list(loggers or []), results["summary"], rows, {b.name: b for b in benchmarks})
+        _log_wandb(list(loggers or []), results["summary"], rows, {b.name: b for b in benchmarks}, out_dir)
         log.info(f"eval results: {out_dir / 'results.json'}")
     return broadcast_from_rank0(results)  # scored once, on rank 0: judges may be remote and paid
 
