@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmm.constants import ASPECTS, LOSS_NORMALIZATIONS, ON_ERROR, PARTS, SELECT_FEATURES, VERIFY_IMAGES
+from lmm.constants import ASPECTS, LOSS_NORMALIZATIONS, ON_ERROR, PARTS, SELECT_FEATURES, TILINGS, VERIFY_IMAGES
 
 
 def new_run_id(name: str | None = None, prefix: str | None = None) -> str:
@@ -98,6 +98,7 @@ def validate(cfg: DictConfig) -> None:
             if part not in PARTS:
                 raise ConfigError(f"stage.{name}.train contains {part!r}; valid parts are: {', '.join(PARTS)}")
     _choice(cfg, "model.encoder.select_feature", SELECT_FEATURES)
+    _choice(cfg, "input.tiling", TILINGS)
     _choice(cfg, "eval.image_aspect", ASPECTS)
     for name in STAGES:
         _choice(cfg, f"data.{name}.policy.on_error", ON_ERROR)

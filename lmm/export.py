@@ -24,6 +24,10 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaImageProcessorPil,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
     LlavaProcessor,
 )
 
@@ -36,6 +40,17 @@ from lmm.model.llm import persisted_flags
 from lmm.model.preprocess import ImageTransform
 
 # ---- lmm → HF ------------------------------------------------------------------------------------------------------
+
+
+def _anyres_pinpoints(model: LlavaModel) -> list[list[int]] | None:
+    """The (height, width) pinpoints of a tiled anyres model (None for an untiled one); HD has no HF counterpart."""
+    if not model.tiled:
+        return None
+    spec = model.connector.spec
+    if spec.mode != "anyres" or not spec.unpad or not spec.newline:
+        raise NotImplementedError(f"tiling {spec.to_config()}: only anyres with spatial_unpad and image_newline "
+                                  "(LLaVA-NeXT) exists in transformers")
+    return [list(p) for p in spec.grid_pinpoints]
 
 
 def _projector_state(connector: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
@@ -84,7 +99,7 @@ def _legacy_state(state: dict[str, torch.Tensor], tower: nn.Module) -> dict[str,
     """New-layout keys → the transformers-4 names (spec §7.2, §7.3), which transformers 5 renames on load too."""
     nest = "vision_model." if tower.config.model_type in NESTED_TOWERS and not hasattr(tower, "vision_model") else ""
     renames = [*zip(LLAVA_LAYOUT[1:], LEGACY_LLAVA_LAYOUT[1:], strict=True),
-               (LLAVA_LAYOUT[0], LEGACY_LLAVA_LAYOUT[0] + nest)]
+               (LLAVA_LAYOUT[0], LEGACY_LLAVA_LAYOUT[0] + nest), ("model.image_newline", "image_newline")]
     return {next(old + k[len(new):] for new, old in renames if k.startswith(new)): v for k, v in state.items()}
 
 
@@ -96,8 +111,10 @@ def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([weight, extra])
 
 
-def _image_processor(source: Any, image_size: int, pad_to_square: bool) -> LlavaImageProcessorPil:
-    """A LlavaImageProcessor (PIL backend) with the source's resize/crop/normalisation and LLaVA's square padding."""
+def _image_processor(source: Any, image_size: int, pad_to_square: bool,
+                     pinpoints: list[list[int]] | None = None) -> LlavaImageProcessorPil | LlavaNextImageProcessorPil:
+    """A LlavaImageProcessor (PIL backend) with the source's resize/crop/normalisation and LLaVA's square padding;
+    with `pinpoints`, a LlavaNextImageProcessor (anyres tiles; its canvas padding is black, its own rule)."""
     if isinstance(source, ImageTransform):  # the encoder's own preprocessing, e.g. load_checkpoint(...).image_processor
         d = source.processor_config()
         settings: dict[str, Any] = {k: d[k] for k in ("size", "crop_size", "image_mean", "image_std", "resample",
@@ -110,6 +127,8 @@ def _image_processor(source: Any, image_size: int, pad_to_square: bool) -> Llava
     crop = settings.get("crop_size") or {"height": image_size, "width": image_size}
     if (crop.get("height"), crop.get("width")) != (image_size, image_size):
         raise ValueError(f"image processor crops to {crop}, but the vision tower takes {image_size}px images")
+    if pinpoints is not None:
+        return LlavaNextImageProcessorPil(image_grid_pinpoints=pinpoints, do_pad=True, **settings)
     return LlavaImageProcessorPil(do_pad=pad_to_square, **settings)
 
 
@@ -125,14 +144,17 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
     ImageTransform source's own pad/crop, else pad). The tokenizer keeps its `legacy` flag. The weights
     carry the transformers-4 key names, which 4.x and 5 both load; `chat_template` (default: lmm's vicuna_v1 prompt,
     see vicuna_v1_chat_template) goes to the processor and tokenizer. The lmm model and tokenizer are not modified.
+    A tiled model (input=anyres) exports as LlavaNextForConditionalGeneration with its `image_grid_pinpoints`
+    ((height, width), as HF reads them), `image_newline` and a LlavaNextProcessor; input=hd has no HF counterpart.
     """
+    pinpoints = _anyres_pinpoints(model)
     if image_processor_source is None:
         image_processor_source = model.encoder.image_transform()
     if pad_to_square is None:
         pad_to_square = getattr(image_processor_source, "aspect", "pad") == "pad"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    act, proj_state = _projector_state(model.connector)
+    act, proj_state = _projector_state(model.connector.inner if model.tiled else model.connector)
     encoder, llm = model.encoder, model.llm
 
     tok = copy.deepcopy(tokenizer)
@@ -157,17 +179,22 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
     tied = bool(getattr(text_config, "tie_word_embeddings", False))
     keep_cls = encoder.select_feature == "cls_patch" or not encoder.has_cls_token
     dtype = llm.get_input_embeddings().weight.dtype
-    config = LlavaConfig(vision_config=copy.deepcopy(encoder.tower.config).to_dict(),
-                         text_config=text_config.to_dict(), image_token_index=image_token_id,
-                         image_seq_length=model.num_visual_tokens, projector_hidden_act=act,
-                         vision_feature_select_strategy="full" if keep_cls else "default",
-                         vision_feature_layer=encoder.select_layer, multimodal_projector_bias=True,
-                         tie_word_embeddings=tied, pad_token_id=text_config.pad_token_id)
+    kinds = (LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor) if pinpoints is None else \
+        (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor)
+    extra = {} if pinpoints is None else {"image_grid_pinpoints": pinpoints}
+    config = kinds[0](vision_config=copy.deepcopy(encoder.tower.config).to_dict(),
+                      text_config=text_config.to_dict(), image_token_index=image_token_id,
+                      image_seq_length=encoder.num_features if model.tiled else model.num_visual_tokens,
+                      projector_hidden_act=act, vision_feature_select_strategy="full" if keep_cls else "default",
+                      vision_feature_layer=encoder.select_layer, multimodal_projector_bias=True,
+                      tie_word_embeddings=tied, pad_token_id=text_config.pad_token_id, **extra)
     config.dtype = dtype
 
     state: dict[str, torch.Tensor] = {}
     state.update({f"model.vision_tower.{k}": v for k, v in encoder.tower.state_dict().items()})
     state.update({f"model.multi_modal_projector.{k}": v.to(dtype) for k, v in proj_state.items()})
+    if pinpoints is not None:
+        state["model.image_newline"] = model.connector.image_newline.detach().to(dtype)
     body = getattr(llm, llm.base_model_prefix)
     state.update({f"model.language_model.{k}": v for k, v in body.state_dict().items()})
     embed_key = "model.language_model." + next(n for n, m in body.named_modules() if m is body.get_input_embeddings())
@@ -176,7 +203,7 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
         state["lm_head.weight"] = _grow_rows(llm.get_output_embeddings().weight, vocab)
 
     with torch.device("meta"):
-        hf = LlavaForConditionalGeneration(config)
+        hf = kinds[1](config)
     missing, unexpected = hf.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not (tied and k == "lm_head.weight")]
     if missing or unexpected:
@@ -195,8 +222,8 @@ def export_hf_llava(model: LlavaModel, tokenizer: Any, out_dir: str | Path, imag
     # The transformers-4 key names, which transformers 5 also loads (hf.save_pretrained would write 5's names).
     save_torch_state_dict(_legacy_state(state, encoder.tower), str(out), metadata={"format": "pt"})
 
-    processor = LlavaProcessor(image_processor=_image_processor(image_processor_source, encoder.image_size,
-                                                                pad_to_square),
+    processor = kinds[2](image_processor=_image_processor(image_processor_source, encoder.image_size,
+                                                           pad_to_square, pinpoints),
                                tokenizer=tok, patch_size=encoder.tower.config.patch_size,
                                vision_feature_select_strategy=config.vision_feature_select_strategy,
                                chat_template=chat_template, image_token=IMAGE_PLACEHOLDER,

@@ -19,7 +19,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers.utils import logging as hf_logging
 
 from lmm.config import RANDOM_CONNECTOR, fingerprint, new_run_id, validate
@@ -32,6 +32,18 @@ from lmm.train.stage import close_process_group, stage_lock, train_stage
 # everything an align stage depends on; `prepare` builds the tiny world its data and backbones come from
 ALIGN_KEYS = ["model.encoder", "model.connector", "model.llm", "model.tokenizer", "model.max_length", "input",
               "data.align", "stage.align", "seed", "trainer.precision", "sharding", "prepare"]
+
+
+def align_fingerprint(cfg: DictConfig) -> str:
+    """The align stage's cache key. High-resolution input (input=hd/anyres) tiles only in the instruct stage, so its
+    align stage is that of its tower's resolution (`input.tower`): +ablation=anyres reuses res336's, as the paper
+    reuses the stage-1 projector. For res224/res336 the key is what it always was."""
+    view = cfg.copy()
+    tower = OmegaConf.select(cfg, "input.tower")
+    if tower is not None:
+        with open_dict(view):
+            view.input = {"name": tower}
+    return fingerprint(view, ALIGN_KEYS)
 
 
 # ------------------------------------------------------------------------------------------------------ run folder
@@ -81,7 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.task == "train":
             init_connector = None
             if "align" in cfg.stages:
-                key = fingerprint(cfg, ALIGN_KEYS)
+                key = align_fingerprint(cfg)
                 align_dir = (Path(cfg.paths.output_dir) / "stages" / f"align-{key}").resolve() if cfg.reuse_align \
                     else run_dir / "align"
                 with stage_lock(align_dir):

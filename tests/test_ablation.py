@@ -22,7 +22,8 @@ from tests.test_pipeline import SMALL, env_for, run_py
 
 # rows 0..9 of spec llava15.md §1.1 Table 2 / §9, in order
 LADDER = ["baseline", "vqav2", "format_prompt", "mlp", "okvqa_ocr", "region", "res336", "gqa", "sharegpt", "llm13b"]
-ARMS = {"qformer_lite": "mlp", "loss_llava": "sharegpt"}  # arm -> the rung it changes
+ARMS = {"qformer_lite": "mlp", "loss_llava": "sharegpt",  # arm -> the rung it changes
+        "hd": "res336", "hd_no_global": "hd", "anyres": "res336"}
 PRESETS = ["tiny", "paper"]
 # each rung's one change, as the config keys (leaf paths or their prefixes) it may and must change
 CHANGES = {
@@ -37,6 +38,9 @@ CHANGES = {
     "llm13b": ["model.llm.pretrained"],
     "qformer_lite": ["model.connector"],
     "loss_llava": ["stage.align.loss_normalization", "stage.instruct.loss_normalization"],
+    "hd": ["input"],  # input=hd (its tower is res224's; tests/test_tiled_train.py)
+    "hd_no_global": ["input.global_context"],
+    "anyres": ["input"],
 }
 BASE = {**{rung: LADDER[i - 1] for i, rung in enumerate(LADDER) if i}, **ARMS}
 EXTRA = {("mlp", "paper"): ["stage.align.lr"]}  # linear 2e-3 -> MLP 1e-3 (spec §5.1, §9); the tiny preset keeps its own
@@ -95,7 +99,7 @@ def test_each_rung_is_its_base_plus_defaults_not_a_copy(rung):
     assert body["ablation"] == {"name": rung, "row": LADDER.index(rung) if rung in LADDER else None,
                                 "base": BASE[rung], "change": body["ablation"]["change"]}
     own = set(body) - {"defaults", "ablation"}
-    assert own <= {"data", "stage"}, f"{rung} sets {own} itself: a group change belongs in its defaults"
+    assert own <= {"data", "stage", "input"}, f"{rung} sets {own} itself: a group change belongs in its defaults"
 
 
 # --------------------------------------------------------------------------------------------------- composition

@@ -145,7 +145,9 @@ def _costs(results: dict[str, Any]) -> dict[str, float | None]:
     if samples_per_sec is None and last.get("seconds"):
         samples = select(last, "trained.samples")
         samples_per_sec = samples / last["seconds"] if isinstance(samples, int | float) else None
-    tokens = last.get("model/visual_tokens_per_image", select(results, "eval.model.visual_tokens_per_image"))
+    tokens = select(last, "trained.visual_tokens_per_image")  # tiled input: the mean over the images trained on
+    if tokens is None:
+        tokens = last.get("model/visual_tokens_per_image", select(results, "eval.model.visual_tokens_per_image"))
     peaks = [p for p in (peak(s) for s in stages.values()) if p is not None]
     return {"trainable_params": last.get("params/trainable"), "visual_tokens": tokens,
             "train_seconds": sum(seconds) if seconds else None, "samples_per_sec": samples_per_sec,

@@ -205,7 +205,8 @@ class LlavaDataModule(L.LightningDataModule):
     def collator(self) -> Collator:
         v = self.visual_tokens or 1
         return Collator(self.tokenizer.pad_token_id, self.image_transform.image_size, visual_tokens=v,
-                        pack_length=(self.max_text_length + v - 1) if self.loader_args.pack else None)
+                        pack_length=(self.max_text_length + v - 1) if self.loader_args.pack else None,
+                        blank=getattr(self.image_transform, "blank", None))
 
     def train_dataloader(self) -> MixtureLoader:
         _, rank, _ = self._distributed()

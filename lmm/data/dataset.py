@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lmm.constants import IGNORE_INDEX
 from lmm.data.formats import FormatPrompt
+from lmm.data.images import batch_images
 from lmm.data.records import Record, parse_record, record_problem
 from lmm.data.rejects import ON_ERROR, RejectLog, SampleError, reason_kind
 from lmm.data.sources.store import StoreReader
@@ -75,19 +76,30 @@ class SampleBuilder:
                 from e
         truncated = False
         limit = self.max_text_length + (0 if has_image else self.text_only_extra)
+        picture, visual = None, None
+        if has_image and hasattr(self.image_transform, "visual_tokens"):  # tiled: the count depends on the image
+            picture = decode_image(image, where, rec.image)
+            visual = int(self.image_transform.visual_tokens((picture.height, picture.width)))
+            limit = self.max_text_length + self.text_only_extra + 1 - visual  # = max_length - visual: never cut it
         if len(encoded.input_ids) > limit:
             if not self.truncate:
                 raise SampleError(where, rec.id, f"sample is longer than the context: {len(encoded.input_ids)} text "
                                   f"tokens > {limit} (the model's max_length less the visual tokens)", "too long")
             encoded, truncated = truncate(encoded, limit), True
+        out = {"id": rec.id, "input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels),
+               "has_image": has_image, "source": source, "truncated": truncated}
         if has_image:
-            pixels = self.image_transform(decode_image(image, where, rec.image))
-        else:  # text-only samples carry a blank image so every batch has pixels (see LlavaModel.splice)
+            picture = picture or decode_image(image, where, rec.image)
+            out["image"] = self.image_transform(picture)
+            if visual is not None:
+                out["image_size"], out["visual_tokens"] = (picture.height, picture.width), visual
+        elif hasattr(self.image_transform, "blank"):  # text-only samples carry a blank image so every batch has
+            out["image"], out["image_size"] = self.image_transform.blank()  # pixels (see LlavaModel.splice)
+            out["visual_tokens"] = 0
+        else:
             size = self.image_transform.image_size
-            pixels = torch.zeros(3, size, size)
-        labels = torch.tensor(encoded.labels)
-        return {"id": rec.id, "input_ids": torch.tensor(encoded.input_ids), "labels": labels, "image": pixels,
-                "has_image": has_image, "source": source, "truncated": truncated}
+            out["image"] = torch.zeros(3, size, size)
+        return out
 
 
 def decode_image(data: bytes | None, where: str, rel: str | None) -> Any:
@@ -138,9 +150,27 @@ def collate(samples: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
         input_ids[i, :n], labels[i, :n], attention_mask[i, :n] = s["input_ids"], s["labels"], 1
     return {"ids": [s["id"] for s in samples], "sources": [s["source"] for s in samples],
             "input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-            "images": torch.stack([s["image"] for s in samples]),
+            **image_fields(samples),
             "has_image": torch.tensor([s["has_image"] for s in samples]),
             "sample_tokens": torch.tensor([int((s["labels"] != IGNORE_INDEX).sum()) for s in samples])}
+
+
+def image_fields(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """`images` (and, tiled, `image_sizes` and each sample's `visual_tokens`, 0 without an image) of samples."""
+    images, sizes = batch_images([s["image"] for s in samples],
+                                 [s["image_size"] for s in samples] if "image_size" in samples[0] else None)
+    if sizes is None:
+        return {"images": images}
+    return {"images": images, "image_sizes": sizes,
+            "visual_tokens": torch.tensor([int(s["visual_tokens"]) for s in samples])}
+
+
+def visual_cost(sample: dict[str, Any], visual_tokens: int) -> int:
+    """Model positions of a sample: its ids, with the placeholder standing for its image's visual tokens (its own
+    count when tiled, else the model's fixed `visual_tokens`)."""
+    if not sample["has_image"]:
+        return len(sample["input_ids"])
+    return len(sample["input_ids"]) + int(sample.get("visual_tokens", visual_tokens)) - 1
 
 
 class Collator:
@@ -152,9 +182,10 @@ class Collator:
     its step.
     """
 
-    def __init__(self, pad_token_id: int, image_size: int, visual_tokens: int = 1, pack_length: int | None = None):
+    def __init__(self, pad_token_id: int, image_size: int, visual_tokens: int = 1, pack_length: int | None = None,
+                 blank: Callable[[], tuple[torch.Tensor, tuple[int, int]]] | None = None):
         self.pad_token_id, self.image_size, self.visual_tokens = pad_token_id, image_size, visual_tokens
-        self.pack_length = pack_length
+        self.pack_length, self.blank = pack_length, blank  # blank: a tiled transform's blank image (tiles, size)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         kept = [x for x in items if not x.get(REJECTED)]
@@ -163,13 +194,16 @@ class Collator:
             kept = [{"id": "", "source": "", "input_ids": torch.tensor([self.pad_token_id]),
                      "labels": torch.tensor([IGNORE_INDEX]), "has_image": False, "truncated": False,
                      "image": torch.zeros(3, self.image_size, self.image_size)}]
+            if self.blank is not None:
+                kept[0]["image"], kept[0]["image_size"] = self.blank()
+                kept[0]["visual_tokens"] = 0
         if self.pack_length:
             from lmm.data.packing import pack
 
             batch = pack(kept, self.pad_token_id, self.pack_length, self.visual_tokens)
         else:
             batch = collate(kept, self.pad_token_id)
-            cost = [len(s["input_ids"]) + (self.visual_tokens - 1) * bool(s["has_image"]) for s in kept]
+            cost = [visual_cost(s, self.visual_tokens) for s in kept]
             batch["positions"] = torch.tensor([len(cost) * max(cost), sum(cost)])
         batch["rejected"] = rejected
         batch["truncated"] = torch.tensor([bool(s.get("truncated")) for s in kept])

@@ -1,7 +1,8 @@
 """Packing several samples into one row, with no attention across samples and positions restarting per sample.
 
 A packed micro-batch keeps the same samples (so the global batch still counts samples, as in the paper); only their
-layout changes: first-fit-decreasing into rows of `capacity` model positions (an image counts `visual_tokens`).
+layout changes: first-fit-decreasing into rows of `capacity` model positions (an image counts `visual_tokens`, or,
+tiled (input=hd/anyres), its own count, which the sample carries).
 Each row holds `position_ids` that restart at 0 at every sample and `segment_ids` (1, 2, ... per sample, 0 for
 padding). Given `position_ids`, no 2-D attention mask and no KV cache (`use_cache=False`, as in training),
 transformers' causal-mask builder
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from lmm.constants import IGNORE_INDEX
+from lmm.data.dataset import image_fields, visual_cost
 
 
 def first_fit_decreasing(costs: list[int], capacity: int) -> list[list[int]]:
@@ -39,7 +41,7 @@ def first_fit_decreasing(costs: list[int], capacity: int) -> list[list[int]]:
 
 def pack(samples: list[dict[str, Any]], pad_token_id: int, capacity: int, visual_tokens: int = 1) -> dict[str, Any]:
     """Pack samples (as built by SampleBuilder) into rows; per-sample fields stay in sample order."""
-    costs = [len(s["input_ids"]) + (visual_tokens - 1) * bool(s["has_image"]) for s in samples]
+    costs = [visual_cost(s, visual_tokens) for s in samples]
     rows = first_fit_decreasing(costs, capacity)
     longest = max(sum(len(samples[i]["input_ids"]) for i in row) for row in rows)
     n = len(rows)
@@ -61,13 +63,13 @@ def pack(samples: list[dict[str, Any]], pad_token_id: int, capacity: int, visual
             cur += k
             order.append(i)
         position_ids[r, cur:] = torch.arange(longest - cur)  # padding: a sequence of its own, without loss
-    images = [samples[i]["image"] for i in order if samples[i]["has_image"]]
-    if not images:  # the connector still runs (DDP/FSDP need every parameter in every step)
-        images = [torch.zeros_like(samples[0]["image"])]
+    with_image = [samples[i] for i in order if samples[i]["has_image"]]
+    if not with_image:  # the connector still runs (DDP/FSDP need every parameter in every step)
+        with_image = [{**samples[0], "image": torch.zeros_like(samples[0]["image"])}]
     row_cost = [sum(costs[i] for i in row) for row in rows]
     return {"ids": [samples[i]["id"] for i in order], "sources": [samples[i]["source"] for i in order],
             "input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-            "position_ids": position_ids, "segment_ids": segment_ids, "images": torch.stack(images),
+            "position_ids": position_ids, "segment_ids": segment_ids, **image_fields(with_image),
             "has_image": torch.tensor([bool(samples[i]["has_image"]) for i in order]),
             "sample_tokens": torch.tensor([int((samples[i]["labels"][1:] != IGNORE_INDEX).sum()) for i in order]),
             "positions": torch.tensor([n * max(row_cost), sum(row_cost)]), "packed": True}

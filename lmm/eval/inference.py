@@ -8,7 +8,7 @@ question's uid, so order, sharding and padding duplicates never mix answers up.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lmm.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from lmm.data.images import batch_images
 from lmm.eval.tasks import Question
 from lmm.model.build import part_dtypes
 from lmm.model.llava import LlavaModel
@@ -82,11 +83,14 @@ class QuestionDataset(Dataset):
         if img is not None and self.blind:
             img = Image.new("RGB", img.size, BLANK)
         return {"uid": q.uid, "input_ids": self.prompts[k],
-                "image": self.transform(img) if img is not None else None}
+                "image": self.transform(img) if img is not None else None,
+                "image_size": (img.height, img.width) if img is not None else None}
 
 
-def collate(items: list[dict[str, Any]], pad_id: int, image_size: int) -> dict[str, Any]:
-    """Right-pad the ids (generate re-pads on the left after splicing); text-only items get a dummy image."""
+def collate(items: list[dict[str, Any]], pad_id: int, image_size: int,
+            blank: Callable[[], tuple[torch.Tensor, tuple[int, int]]] | None = None) -> dict[str, Any]:
+    """Right-pad the ids (generate re-pads on the left after splicing); text-only items get a dummy image (tiled,
+    input=hd/anyres: a blank tile-sized image's tiles, and `image_sizes` beside the concatenated tiles)."""
     longest = max(len(x["input_ids"]) for x in items)
     ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -94,28 +98,30 @@ def collate(items: list[dict[str, Any]], pad_id: int, image_size: int) -> dict[s
         ids[i, : len(x["input_ids"])] = torch.tensor(x["input_ids"])
         mask[i, : len(x["input_ids"])] = 1
     has_image = [x["image"] is not None for x in items]
-    images = None
+    images, sizes = None, None
     if any(has_image):
-        blank = torch.zeros(3, image_size, image_size)
-        images = torch.stack([x["image"] if x["image"] is not None else blank for x in items])
+        dummy, dummy_size = blank() if blank is not None else (torch.zeros(3, image_size, image_size), None)
+        images, sizes = batch_images([x["image"] if x["image"] is not None else dummy for x in items],
+                                     [x["image_size"] or dummy_size for x in items] if blank is not None else None)
     return {"uid": torch.tensor([x["uid"] for x in items]), "input_ids": ids, "attention_mask": mask,
-            "images": images}
+            "images": images, "image_sizes": sizes}
 
 
 class _Collate:
     """Picklable collate function (DataLoader workers)."""
 
-    def __init__(self, pad_id: int, image_size: int) -> None:
-        self.pad_id, self.image_size = pad_id, image_size
+    def __init__(self, pad_id: int, image_size: int, blank: Callable | None = None) -> None:
+        self.pad_id, self.image_size, self.blank = pad_id, image_size, blank
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return collate(items, self.pad_id, self.image_size)
+        return collate(items, self.pad_id, self.image_size, self.blank)
 
 
 def make_loader(dataset: QuestionDataset, tokenizer: Any, batch_size: int, num_workers: int = 0) -> DataLoader:
     """A sequential loader over the length-sorted dataset (Lightning shards it across ranks in predict)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=_Collate(tokenizer.pad_token_id, dataset.transform.image_size),
+                      collate_fn=_Collate(tokenizer.pad_token_id, dataset.transform.image_size,
+                                          getattr(dataset.transform, "blank", None)),
                       persistent_workers=False)
 
 
@@ -136,7 +142,8 @@ class EvalModule(L.LightningModule):
         if images is not None:
             images = images.to(next(self.model.encoder.parameters()).dtype)
         out = self.model.generate(batch["input_ids"], batch["attention_mask"], images,
-                                  eos_token_id=self.stop_token_ids, pad_token_id=self.tokenizer.pad_token_id,
+                                  image_sizes=batch.get("image_sizes"), eos_token_id=self.stop_token_ids,
+                                  pad_token_id=self.tokenizer.pad_token_id,
                                   **self.decoding.kwargs())
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [(int(u), t.strip()) for u, t in zip(batch["uid"].tolist(), texts, strict=True)]
@@ -191,8 +198,11 @@ def generate_one_by_one(model: LlavaModel, tokenizer: Any, template: Any, transf
     for q in questions:
         ids = torch.tensor([template.prompt_ids(q.text, tokenizer, has_image=q.image is not None)])
         img = q.load_image()
-        images = transform(img)[None] if img is not None else None
-        out = model.generate(ids, torch.ones_like(ids), images, eos_token_id=template.stop_token_ids(tokenizer),
-                             pad_token_id=tokenizer.pad_token_id, **decoding.kwargs())
+        tiled = img is not None and hasattr(transform, "blank")
+        images = None if img is None else transform(img) if tiled else transform(img)[None]
+        sizes = torch.tensor([[img.height, img.width]]) if tiled else None
+        out = model.generate(ids, torch.ones_like(ids), images, image_sizes=sizes,
+                             eos_token_id=template.stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                             **decoding.kwargs())
         texts.append(tokenizer.decode(out[0], skip_special_tokens=True).strip())
     return texts

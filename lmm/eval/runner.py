@@ -25,7 +25,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from lmm.eval.files import PER_QUESTION_FILE, sha256, write_per_question
 from lmm.eval.inference import (
@@ -42,6 +42,7 @@ from lmm.log import log
 from lmm.model.build import cast_model, part_dtypes
 from lmm.model.llava import LlavaModel
 from lmm.model.preprocess import ImageTransform
+from lmm.model.tiles import TiledTransform
 from lmm.provenance import provenance
 
 THUMBNAIL = 256  # side of the letterboxed sample images logged to W&B
@@ -73,6 +74,9 @@ def _image_transform(cfg: DictConfig, model: LlavaModel,
         raise ValueError(f"the image preprocessing ({source}) makes {transform.image_size}px images, but the model's "
                          f"encoder takes {model.encoder.image_size}px: evaluate with the checkpoint's own "
                          "preprocessing (lmm.model.io.load_checkpoint(...).image_processor)")
+    if model.tiled and not isinstance(transform, TiledTransform):  # input=hd/anyres: the same pixels, as tiles
+        transform = TiledTransform(transform, model.connector.spec,
+                                   model.encoder.image_size // model.encoder.config.patch_size)
     return transform, str(source)
 
 
@@ -216,6 +220,7 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
         "versions": {**provenance(), "results_version": RESULTS_VERSION}, "benchmarks": {}, "summary": {}}
     rows: list[dict[str, Any]] = []
     total_q, total_s = 0, 0.0
+    visual = [0, 0]  # tiled input: visual tokens and images over all benchmarks
     for bench in benchmarks:
         qs = bench.questions()
         dataset = QuestionDataset(qs, template, tokenizer, transform, blind=bool(ecfg.get("blind", False)))
@@ -231,6 +236,10 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
         entry: dict[str, Any] = {}
         if _rank() == 0:
             entry = _finish_benchmark(bench, qs, texts, dataset, tokenizer, model_id, out_dir / bench.name, seconds)
+            if model.tiled:  # input=hd/anyres: the count varies per image; record what this benchmark's images got
+                counts = [model.visual_tokens(_image_size(q)) for q in qs if q.image is not None]
+                entry["visual_tokens_per_image"] = round(sum(counts) / len(counts), 1) if counts else None
+                visual = [visual[0] + sum(counts), visual[1] + len(counts)]
             rows += _table_rows(bench, qs, texts, entry.pop("_per_question"), int(ecfg.get("num_table_rows", 8)))
             results["benchmarks"][bench.name] = entry
             results["summary"].update(entry["summary"])
@@ -238,6 +247,8 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
             log.info(f"eval {bench.name}: {len(qs)} questions in {seconds:.1f}s ({len(qs) / seconds:.1f}/s), "
                  f"{bench.headline_key} = {shown}")
     if _rank() == 0:
+        if model.tiled:
+            results["model"]["visual_tokens_per_image"] = round(visual[0] / visual[1], 1) if visual[1] else None
         results["throughput"] = {"questions": total_q, "seconds": round(total_s, 2),
                                  "questions_per_sec": round(total_q / total_s, 2) if total_s else None}
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,6 +257,15 @@ def _evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: Any, run_dir: Path,
         _log_wandb(list(loggers or []), results["summary"], rows, {b.name: b for b in benchmarks}, out_dir)
         log.info(f"eval results: {out_dir / 'results.json'}")
     return broadcast_from_rank0(results)  # scored once, on rank 0: judges may be remote and paid
+
+
+def _image_size(q: Question) -> tuple[int, int]:
+    """(height, width) of a question's image; a file's header is enough."""
+    if isinstance(q.image, Path):
+        with Image.open(q.image) as img:
+            return img.height, img.width
+    img = q.load_image()
+    return img.height, img.width
 
 
 def _finish_benchmark(bench: Benchmark, qs: list[Question], texts: list[str], dataset: QuestionDataset,

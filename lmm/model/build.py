@@ -15,6 +15,8 @@ from transformers import PreTrainedModel
 from lmm.model.connector import Connector
 from lmm.model.encoder import VisionEncoder
 from lmm.model.llava import LlavaModel
+from lmm.model.tiled import TiledConnector
+from lmm.model.tiling import TilingSpec
 
 
 def _built(part: Any) -> Any:
@@ -39,6 +41,32 @@ def build_llava(encoder: VisionEncoder | Mapping[str, Any], connector: Connector
         model.connector.load_state_dict(dict(connector_state))
     if dtype is not None:
         model.connector.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    return model
+
+
+TILING_KEYS = ("grid", "grid_pinpoints", "max_tiles", "global_context", "unpad", "newline")
+
+
+def input_tiling(input_cfg: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The tiling an `input` config asks for (conf/input/hd.yaml, anyres.yaml: `tiling: hd|anyres` and its knobs,
+    e.g. `input.global_context=false`), or None for a single image per placeholder (res224, res336)."""
+    if not input_cfg or not input_cfg.get("tiling"):
+        return None
+    return {"mode": str(input_cfg["tiling"]), **{k: input_cfg[k] for k in TILING_KEYS if k in input_cfg}}
+
+
+def tile_model(model: LlavaModel, tiling: Mapping[str, Any]) -> LlavaModel:
+    """Make a built model take high-resolution input (`input.tiling`, spec §6), in place: its connector is wrapped in
+    a TiledConnector (the align stage's weights load into the inner one; `image_newline` is new) and its context
+    grows by the extra visual tokens of the largest grid, so the text keeps the room it had beside a single image."""
+    if model.tiled:
+        return model
+    spec = TilingSpec.from_config(dict(tiling), model.encoder.image_size)
+    side = model.encoder.image_size // model.encoder.config.patch_size
+    base = model.num_visual_tokens
+    inner = model.connector
+    model.connector = TiledConnector(inner.in_dim, inner.out_dim, inner, spec).to(next(inner.parameters()).dtype)
+    model.max_length += spec.max_visual_tokens(side) - base
     return model
 
 

@@ -37,6 +37,8 @@ from transformers import (
     AutoModelForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
     PretrainedConfig,
 )
 
@@ -47,6 +49,8 @@ from lmm.model.encoder import VisionEncoder
 from lmm.model.llava import LlavaModel
 from lmm.model.llm import load_llm, load_tokenizer, save_tokenizer
 from lmm.model.preprocess import PREPROCESSOR, ImageTransform
+from lmm.model.tiled import TiledConnector
+from lmm.model.tiling import TilingSpec
 
 # ---------------------------------------------------------------------------------------------------- lmm model folders
 MODEL_CARD = "lmm_model.json"
@@ -128,6 +132,7 @@ def load_lmm_model(folder: str | Path, dtype: str | None = None) -> tuple[LlavaM
 # Prefixes of a LlavaForConditionalGeneration state dict: (vision tower, projector, language model body, lm_head).
 LLAVA_LAYOUT = ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.", "lm_head.")
 LEGACY_LLAVA_LAYOUT = ("vision_tower.", "multi_modal_projector.", "language_model.model.", "language_model.lm_head.")
+NEWLINE_KEYS = ("model.image_newline", "image_newline")  # LLaVA-NeXT's row-end vector (new, legacy layout)
 STRATEGY_TO_FEATURE = {"default": "patch", "full": "cls_patch"}  # vision_feature_select_strategy -> select_feature
 NESTED_TOWERS = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")  # 4.x nests them in vision_model.
 
@@ -203,9 +208,25 @@ def _load_tokenizer(folder: Path, max_length: int) -> Any:
     return load_tokenizer(str(folder), model_max_length=max_length)
 
 
-def from_hf_llava(path_or_model: str | Path | LlavaForConditionalGeneration, max_length: int = 2048,
-                  attn_implementation: str | None = None, dtype: str | None = None) -> tuple[LlavaModel, Any]:
-    """Load an HF Llava (a folder or an instance) as an lmm LlavaModel; returns (model, tokenizer or None).
+def _anyres_connector(config: LlavaNextConfig, inner: Connector, state: dict[str, torch.Tensor],
+                      tile: int) -> TiledConnector:
+    """LLaVA-NeXT's anyres + spatial_unpad around the imported projector, with its `image_newline`."""
+    newline = next((state[k] for k in NEWLINE_KEYS if k in state), None)
+    if newline is None:
+        raise ValueError("a LlavaNext state dict without image_newline")
+    spec = TilingSpec("anyres", tile, grid_pinpoints=tuple(tuple(p) for p in config.image_grid_pinpoints))
+    connector = TiledConnector(inner.in_dim, inner.out_dim, inner, spec)
+    connector.image_newline.data.copy_(newline)
+    return connector
+
+
+def from_hf_llava(path_or_model: str | Path | LlavaForConditionalGeneration | LlavaNextForConditionalGeneration,
+                  max_length: int = 2048, attn_implementation: str | None = None,
+                  dtype: str | None = None) -> tuple[LlavaModel, Any]:
+    """Load an HF Llava or LlavaNext (a folder or an instance) as an lmm LlavaModel; returns (model, tokenizer or None).
+
+    A LlavaNext (anyres, spec §6.2) becomes a tiled model: its projector wrapped in a TiledConnector that holds its
+    `image_grid_pinpoints` and `image_newline`; its images are then given as tiles + image_sizes (TiledTransform).
 
     The LLM keeps its full vocabulary, the HF image token's rows included (lmm never feeds that id: its
     placeholder is IMAGE_TOKEN_INDEX). Weights are copied, so the lmm model never aliases an HF instance. `dtype`
@@ -213,14 +234,14 @@ def from_hf_llava(path_or_model: str | Path | LlavaForConditionalGeneration, max
     so `model.encoder.image_transform()` is the folder's image processor.
     """
     tokenizer, folder = None, None
-    if isinstance(path_or_model, LlavaForConditionalGeneration):
+    if isinstance(path_or_model, LlavaForConditionalGeneration | LlavaNextForConditionalGeneration):
         config = path_or_model.config
         state = path_or_model.state_dict()
     else:
         folder = Path(path_or_model)
         config = AutoConfig.from_pretrained(str(folder))
-        if not isinstance(config, LlavaConfig):
-            raise ValueError(f"{folder} holds a {type(config).__name__}, not a LlavaConfig")
+        if not isinstance(config, LlavaConfig | LlavaNextConfig):
+            raise ValueError(f"{folder} holds a {type(config).__name__}, not a LlavaConfig or LlavaNextConfig")
         state = _read_state_dict(folder)
         tokenizer = _load_tokenizer(folder, max_length)
     vision_state, proj_state, lm_state, head_state = split_llava_state(state)
@@ -259,8 +280,12 @@ def from_hf_llava(path_or_model: str | Path | LlavaForConditionalGeneration, max
         llm.generation_config.pad_token_id = config.pad_token_id  # llava-hf keeps the pad id on the outer config
 
     connector = _connector_from_projector(config, proj_state, encoder.hidden_size, text_config.hidden_size)
+    if isinstance(config, LlavaNextConfig):
+        if strategy != "default":
+            raise NotImplementedError("anyres with the CLS token kept: lmm tiles need a square grid of patches")
+        connector = _anyres_connector(config, connector, state, encoder.image_size)
     model = build_llava(encoder, connector, llm, max_length=max_length, dtype=torch_dtype)
-    if model.num_visual_tokens != config.image_seq_length:
+    if not model.tiled and model.num_visual_tokens != config.image_seq_length:
         # Not fatal: HF counts the image tokens in input_ids, image_seq_length only informs processors.
         warnings.warn(f"image_seq_length={config.image_seq_length} but the model emits {model.num_visual_tokens} "
                       "visual tokens", stacklevel=2)
@@ -334,7 +359,7 @@ def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> Loaded
         model, tokenizer = load_lmm_model(folder, dtype=dtype)
         return LoadedModel(model, tokenizer, model.encoder.image_transform(), _model_id(folder), "lmm")
     config = p / "config.json"
-    if config.exists() and json.loads(config.read_text()).get("model_type") == "llava":
+    if config.exists() and json.loads(config.read_text()).get("model_type") in ("llava", "llava_next"):
         model, tokenizer = from_hf_llava(p, dtype=dtype)
         if tokenizer is None:
             raise FileNotFoundError(f"{p}: the Llava folder has no tokenizer files")

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from lmm.data.images import load_image
+from lmm.data.images import batch_images, load_image
 from lmm.data.records import Record, resolve_image_path
 from lmm.train.sharding import gathered
 
@@ -38,7 +38,8 @@ class SampleGenerations(L.Callback):
 
     def generate(self, pl_module: L.LightningModule) -> list[dict[str, Any]]:
         model, device = pl_module.model, pl_module.device
-        ids, images, pil_images = [], [], []
+        ids, images, sizes, pil_images = [], [], [], []
+        blank = getattr(self.image_transform, "blank", None)  # tiled (input=hd/anyres): tiles + size
         for rec, image_root in self.examples:
             has_image = rec.image is not None
             question = rec.conversations[0].value
@@ -47,6 +48,12 @@ class SampleGenerations(L.Callback):
                 img = load_image(resolve_image_path(image_root, rec.image))
                 pil_images.append(img)
                 images.append(self.image_transform(img))
+                sizes.append((img.height, img.width))
+            elif blank is not None:
+                pil_images.append(None)
+                image, size = blank()
+                images.append(image)
+                sizes.append(size)
             else:
                 pil_images.append(None)
                 images.append(torch.zeros(3, self.image_transform.image_size, self.image_transform.image_size))
@@ -60,8 +67,10 @@ class SampleGenerations(L.Callback):
         # trainer=fsdp: gather the root unit's weights (embeddings, head, connector); all ranks generate in lockstep
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() and \
             torch.distributed.get_world_size() > 1
+        pixels, image_sizes = batch_images(images, sizes if blank is not None else None)
         with gathered(model):
-            out = model.generate(input_ids.to(device), mask.to(device), torch.stack(images).to(device),
+            out = model.generate(input_ids.to(device), mask.to(device), pixels.to(device),
+                                 image_sizes=None if image_sizes is None else image_sizes.to(device),
                                  max_new_tokens=self.max_new_tokens, do_sample=False,
                                  eos_token_id=self.template.stop_token_ids(self.tokenizer),
                                  pad_token_id=self.tokenizer.pad_token_id, synced_gpus=distributed)
@@ -125,7 +134,8 @@ class TrainedTally(L.Callback):
         self.smallest_step_samples: int | None = None
         self.scheduled_steps: int | None = None
         self.epoch_plan: dict[str, Any] | None = None
-        self._pending = torch.zeros(2, dtype=torch.float64)  # this rank's (samples, rejected) of the current step
+        self.images = self.visual_tokens = 0  # tiled input (input=hd/anyres): images trained on, their visual tokens
+        self._pending = torch.zeros(4, dtype=torch.float64)  # this rank's (samples, rejected, images, visual tokens)
         self._seen_step: int | None = None
 
     @property
@@ -145,6 +155,9 @@ class TrainedTally(L.Callback):
                            batch_idx: int) -> None:
         self._pending[0] += real_samples(batch)
         self._pending[1] += len(batch.get("rejected", []))
+        if "visual_tokens" in batch:  # each image's own count; text-only samples and blank fillers count 0
+            self._pending[2] += int((batch["visual_tokens"] > 0).sum())
+            self._pending[3] += int(batch["visual_tokens"].sum())
         if self._seen_step is None:
             self._seen_step = trainer.global_step
         if trainer.global_step == self._seen_step:  # still accumulating (the same on every rank)
@@ -152,7 +165,8 @@ class TrainedTally(L.Callback):
         pending = self._pending.to(pl_module.device)
         if trainer.world_size > 1:
             pending = trainer.strategy.reduce(pending, reduce_op="sum")
-        samples, rejected = (int(x) for x in pending.cpu().tolist())
+        samples, rejected, images, visual = (int(x) for x in pending.cpu().tolist())
+        self.images, self.visual_tokens = self.images + images, self.visual_tokens + visual
         self.steps += trainer.global_step - self._seen_step
         self.samples += samples
         self.rejected += rejected
@@ -165,22 +179,28 @@ class TrainedTally(L.Callback):
     def summary(self) -> dict[str, Any]:
         """Steps and samples trained (rejected: loaded but unusable under on_error=skip, so not trained on), the
         samples of the last and of the smallest step (trained + rejected), the steps the learning-rate schedule was
-        built for (`estimated_stepping_batches`), and the epoch plan they should match."""
-        return {"optimizer_steps": self.steps, "samples": self.samples, "rejected": self.rejected,
-                "last_step_samples": self.last_step_samples, "smallest_step_samples": self.smallest_step_samples,
-                "scheduled_steps": self.scheduled_steps, "counted_from_step": self.counted_from_step,
-                "epoch_plan": self.epoch_plan}
+        built for (`estimated_stepping_batches`), and the epoch plan they should match; with tiled input, the mean
+        visual tokens per image trained on (they vary per image)."""
+        out = {"optimizer_steps": self.steps, "samples": self.samples, "rejected": self.rejected,
+               "last_step_samples": self.last_step_samples, "smallest_step_samples": self.smallest_step_samples,
+               "scheduled_steps": self.scheduled_steps, "counted_from_step": self.counted_from_step,
+               "epoch_plan": self.epoch_plan}
+        if self.images:
+            out["visual_tokens_per_image"] = round(self.visual_tokens / self.images, 1)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "samples": self.samples, "rejected": self.rejected,
                 "last_step_samples": self.last_step_samples, "smallest_step_samples": self.smallest_step_samples,
-                "counted_from_step": self.counted_from_step}
+                "counted_from_step": self.counted_from_step, "images": self.images,
+                "visual_tokens": self.visual_tokens}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.steps, self.samples = int(state_dict["steps"]), int(state_dict["samples"])
         self.rejected, self.last_step_samples = int(state_dict["rejected"]), int(state_dict["last_step_samples"])
         self.smallest_step_samples = state_dict["smallest_step_samples"]
         self.counted_from_step = int(state_dict.get("counted_from_step", 0))
+        self.images, self.visual_tokens = int(state_dict.get("images", 0)), int(state_dict.get("visual_tokens", 0))
 
 
 class Throughput(L.Callback):
@@ -208,7 +228,10 @@ class Throughput(L.Callback):
             return
         n_images = int(batch["has_image"].sum())
         self._samples += real_samples(batch)
-        self._tokens += int(batch["attention_mask"].sum()) + n_images * (self.visual - 1)
+        if "visual_tokens" in batch:  # tiled (input=hd/anyres): each image's own count
+            self._tokens += int(batch["attention_mask"].sum()) + int(batch["visual_tokens"].sum()) - n_images
+        else:
+            self._tokens += int(batch["attention_mask"].sum()) + n_images * (self.visual - 1)
         if (batch_idx + 1) % (self.every * trainer.accumulate_grad_batches):
             return
         elapsed = time.perf_counter() - self._t0

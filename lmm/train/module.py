@@ -101,7 +101,7 @@ class LlavaLitModule(L.LightningModule):
         # a packed batch (data.<stage>.pack=true) carries per-sample positions: see lmm/data/packing.py
         positions = batch["position_ids"] if batch.get("packed") else None
         logits, spliced = self.model(batch["input_ids"], batch["attention_mask"], batch["images"], batch["labels"],
-                                     position_ids=positions)
+                                     position_ids=positions, image_sizes=batch.get("image_sizes"))
         loss_sum, tokens = self.model.token_loss(logits, spliced.labels)
         self._tokens = self._tokens.to(tokens.device) + tokens
         self._loss_sum = self._loss_sum.to(loss_sum.device) + loss_sum.detach().float()
@@ -209,6 +209,9 @@ def load_connector(model: LlavaModel, path: str) -> None:
     from safetensors.torch import load_file
 
     state = load_file(path)
+    if hasattr(model.connector, "load_align_state"):  # tiled: the align stage's connector is its inner one
+        model.connector.load_align_state(state)
+        return
     missing, unexpected = model.connector.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not fit this connector: missing {missing}, unexpected {unexpected}")

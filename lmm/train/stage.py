@@ -20,21 +20,30 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmm.log import log
-from lmm.model.build import build_llava
+from lmm.model.build import build_llava, input_tiling, tile_model
 from lmm.model.llava import LlavaModel
 from lmm.model.preprocess import ImageTransform
+from lmm.model.tiles import TiledTransform
 from lmm.train.callbacks import LossRecord, SampleGenerations, TrainedTally
 from lmm.train.loggers import log_stage_artifact, make_loggers
 from lmm.train.memory import check_training_memory, without_memory_check
 from lmm.train.module import LlavaLitModule
 
 
-def build_model(cfg: DictConfig) -> LlavaModel:
-    """Instantiate encoder, connector and LLM from config through their from_pretrained paths."""
-    return build_llava(cfg.model.encoder, cfg.model.connector, cfg.model.llm, max_length=cfg.model.max_length)
+def build_model(cfg: DictConfig, stage: str | None = None) -> LlavaModel:
+    """Instantiate encoder, connector and LLM from config through their from_pretrained paths.
+
+    With high-resolution input (`input.tiling`, spec §6) every stage but align takes tiles: the align stage trains
+    the plain connector on single images, as the paper does (its connector is then reused, no extra pretraining).
+    """
+    model = build_llava(cfg.model.encoder, cfg.model.connector, cfg.model.llm, max_length=cfg.model.max_length)
+    tiling = input_tiling(OmegaConf.to_container(cfg.input, resolve=True) if cfg.get("input") else None)
+    if tiling is not None and stage != "align":
+        tile_model(model, tiling)
+    return model
 
 
 def micro_batching(global_batch: int, micro_batch: int, world_size: int) -> tuple[int, int]:
@@ -86,9 +95,9 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
         return json.loads(done.read_text())
     check_training_memory(cfg, name, log.info)  # from the configs, before the weights load: a run that cannot fit stops
     tokenizer = instantiate(cfg.model.tokenizer)
-    model = build_model(cfg)
+    model = build_model(cfg, name)
     template = instantiate(scfg.template)
-    transform = model.encoder.image_transform(scfg.image_aspect)
+    transform = model.image_transform(scfg.image_aspect)
     module = LlavaLitModule(model, train=list(scfg.train), lr=scfg.lr, weight_decay=scfg.weight_decay,
                             warmup_ratio=scfg.warmup_ratio, init_connector_from=init_connector or None,
                             gradient_checkpointing=scfg.gradient_checkpointing, stage_name=name,
@@ -136,7 +145,7 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
 
 
 def save_stage_outputs(module: LlavaLitModule, stage_dir: Path, tokenizer: Any, cfg: DictConfig, name: str,
-                       image_transform: ImageTransform) -> None:
+                       image_transform: ImageTransform | TiledTransform) -> None:
     """Write the connector (always) and, after instruct, the whole model in Hugging Face folders, with the image
     preprocessing the stage trained with."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -149,6 +158,7 @@ def save_stage_outputs(module: LlavaLitModule, stage_dir: Path, tokenizer: Any, 
         {k: v.detach().cpu() for k, v in module.model.state_dict().items()}
     if distributed and torch.distributed.get_rank() != 0:
         return
+    image_transform = getattr(image_transform, "base", image_transform)  # tiled: the tile's own preprocessing
     save_lmm_model(state, module.model, stage_dir, tokenizer=tokenizer, config=cfg, image_transform=image_transform,
                    stage=name,
                    connector_only=(name == "align"))
