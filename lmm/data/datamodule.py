@@ -79,7 +79,7 @@ class LlavaDataModule(L.LightningDataModule):
         items = [_source(s) for s in sources]
         for name in set(mixture.weights) | set(mixture.counts) | set(mixture.passes):
             if name not in {s.name for s in items}:
-                raise ValueError(f"the mixture weighs source {name!r}, which is not among its sources")
+                raise ValueError(f"the mixture names source {name!r} (weights, counts, passes), not among its sources")
         specs = []
         weighed = bool(mixture.weights)  # the mixture's weights replace the sources' own counts and passes
         for spec in items:
