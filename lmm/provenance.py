@@ -17,11 +17,13 @@ def _git(*args: str) -> str | None:
 
 
 def provenance() -> dict[str, Any]:
-    """The commit lmm ran from (and whether it had local changes), the host, and the versions that shape numbers."""
+    """The commit lmm ran from (and whether it had local changes), the host, the versions that shape numbers and the
+    torch threads the run had."""
     import lightning
     import torch
     import transformers
 
     return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
             "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-            "lightning": lightning.__version__, "transformers": transformers.__version__}
+            "lightning": lightning.__version__, "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads()}  # timings depend on it (hydra/launcher=parallel sets it)

@@ -1,5 +1,5 @@
 """Sweeps (sweeps/README.md): a multirun in which a job fails still runs the others and says which failed (the basic
-launcher and submitit's local launcher), the Optuna search runs on the objective a job returns, the sweep configs
+launcher, submitit's local launcher and joblib's parallel one), the Optuna search runs on the objective a job returns, the sweep configs
 compose, run ids made in the same second differ, and the data-efficiency fraction keeps a seeded share of each
 source."""
 
@@ -90,6 +90,17 @@ def test_a_failed_job_through_submitit_local(tmp_path, tiny_world):
     assert list((tmp_path / "out" / "submitit").glob("*/*_log.out"))  # submitit ran them (its own folder)
 
 
+def test_a_failed_job_through_the_parallel_launcher(tmp_path, tiny_world):
+    """hydra/launcher=parallel (joblib): two jobs at once, each in a worker process with cpu_count // n_jobs torch
+    threads (so one each on a 2-core machine); a job that fails leaves the other to finish."""
+    bad, good = "data.align.mixture.num_samples=0", "data.align.mixture.num_samples=32"
+    proc = multirun(["-m", "hydra/launcher=parallel", *QUICK, "stage.align.max_steps=1",
+                     "data.align.mixture.num_samples=0,32"], env_for(tmp_path, tiny_world))
+    check_one_failed(tmp_path, proc, bad, good, "ValueError")
+    threads = {json.loads((d / "meta.json").read_text())["torch_threads"] for d in run_folders(tmp_path).values()}
+    assert threads == {max(1, (os.cpu_count() or 1) // 2)}, threads
+
+
 def test_optuna_search_optimises_the_objective_each_job_returns(tmp_path, tiny_world):
     """+sweep=lr_optuna with 2 trials on a quick objective (the align loss after 2 steps): each job returns it and
     the best trial's value and parameters are those of the job with the lowest loss."""
@@ -164,6 +175,8 @@ def test_sweep_configs_compose():
     assert launcher.gpus_per_node == launcher.tasks_per_node == 8 and launcher.nodes == 1
     assert launcher.submitit_folder == str(Path(slurm.paths.output_dir) / "submitit" / "%j")
     assert hydra_cfg_of("hydra/launcher=local").hydra.launcher._target_.endswith("LocalLauncher")
+    parallel = hydra_cfg_of("hydra/launcher=parallel").hydra.launcher
+    assert parallel._target_.endswith("JoblibLauncher") and parallel.n_jobs == 2 and parallel.batch_size == 1
 
     wandb = yaml.safe_load((ROOT / "sweeps" / "wandb_lr.yaml").read_text())
     assert wandb["program"] == "run.py" and "${args_no_hyphens}" in wandb["command"]
