@@ -160,6 +160,10 @@ def test_sweep_configs_compose():
     assert len(rungs) == 10 and rungs[0] == "baseline" and rungs[-1] == "llm13b"
     missing = [r for r in rungs if not (CONF / "ablation" / f"{r}.yaml").exists()]
     assert not missing, f"the ladder sweep names rungs with no conf/ablation config: {missing}"
+    half = hydra_cfg_of("+sweep=ladder_half", "+ablation=gqa")  # a job of it: the rung's mixture, halved
+    assert sorted(half.hydra.sweeper.params["+ablation"].split(",")) == sorted(rungs)
+    assert half.hydra.launcher._target_.endswith("JoblibLauncher") and half.data.instruct.mixture.fraction == 0.5
+    assert half.hydra.runtime.choices.data == "mix7_gqa"
 
     optuna = hydra_cfg_of("+sweep=lr_optuna")
     assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper") and optuna.objective == "eval/tiny_gqa"
@@ -176,7 +180,7 @@ def test_sweep_configs_compose():
     assert launcher.submitit_folder == str(Path(slurm.paths.output_dir) / "submitit" / "%j")
     assert hydra_cfg_of("hydra/launcher=local").hydra.launcher._target_.endswith("LocalLauncher")
     parallel = hydra_cfg_of("hydra/launcher=parallel").hydra.launcher
-    assert parallel._target_.endswith("JoblibLauncher") and parallel.n_jobs == 2 and parallel.batch_size == 1
+    assert parallel._target_.endswith("JoblibLauncher") and parallel.n_jobs == 2 and int(parallel.batch_size) == 1
 
     wandb = yaml.safe_load((ROOT / "sweeps" / "wandb_lr.yaml").read_text())
     assert wandb["program"] == "run.py" and "${args_no_hyphens}" in wandb["command"]
