@@ -1,7 +1,7 @@
 """Sweeps (sweeps/README.md): a multirun in which a job fails still runs the others and says which failed (the basic
-launcher, submitit's local launcher and joblib's parallel one), the Optuna search runs on the objective a job returns, the sweep configs
-compose, run ids made in the same second differ, and the data-efficiency fraction keeps a seeded share of each
-source."""
+launcher, submitit's local launcher and joblib's parallel one), the Optuna search runs on the objective a job
+returns, the sweep configs compose, run ids made in the same second differ, and the data-efficiency fraction keeps a
+seeded share of each source."""
 
 from __future__ import annotations
 
