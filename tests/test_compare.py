@@ -111,6 +111,25 @@ def test_rungs_in_ladder_order_with_seeds(runs):
     assert c.benchmarks == ["tiny_gqa", "tiny_mme"] and c.label("tiny_gqa") == "GQA"
 
 
+def test_an_arm_is_any_rung_that_names_its_base(runs):
+    """A rung beside the ladder that names its base (hd, anyres, a user's own) is an arm, compared with its base;
+    only a run whose config names no rung is reported as such."""
+    import shutil
+
+    for name, ablation in (("my_arm", {"name": "my_arm", "row": None, "base": "vqav2"}), ("loose", None)):
+        folder = runs / f"run-{name}-s2"
+        shutil.copytree(runs / "run-qformer_lite-s2", folder)
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config.pop("ablation")
+        (folder / "config.yaml").write_text(yaml.safe_dump(config | ({"ablation": ablation} if ablation else {})))
+        results = json.loads((folder / "results.json").read_text())
+        (folder / "results.json").write_text(json.dumps(results | {"run_id": folder.name}))
+    c = comparison(runs)
+    assert c.reference["my_arm"] == "vqav2"
+    assert [n for n in c.notes if "without an ablation rung" in n] == [
+        "runs without an ablation rung in their config, named by run id: run-loose-s2"]
+
+
 def test_mean_std_and_deltas_by_hand(runs):
     c = comparison(runs)
     gqa = {r: c.cells[(r, "tiny_gqa")] for r in ("baseline", "vqav2", "format_prompt", "qformer_lite")}

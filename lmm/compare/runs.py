@@ -23,7 +23,7 @@ from lmm.eval.files import PER_QUESTION_FILE
 ABLATION_KEY = "ablation"
 # The paper's ladder (spec llava15.md §1.1, rows 0-9) and the arms beside it: the order when a config has no row.
 LADDER = ("baseline", "vqav2", "format_prompt", "mlp", "okvqa_ocr", "region", "res336", "gqa", "sharegpt", "llm13b")
-ARMS = ("qformer_lite", "loss_llava")
+ARMS = ("qformer_lite", "loss_llava", "hd", "hd_no_global", "anyres")
 
 
 @dataclass

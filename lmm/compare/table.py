@@ -23,7 +23,7 @@ from lmm.compare.bootstrap import (
     statistic_for,
     unit_table,
 )
-from lmm.compare.runs import ARMS, LADDER, Rung
+from lmm.compare.runs import LADDER, Rung
 
 # display names of benchmark kinds (scores.json "kind"); the ladder's three probes come first
 DISPLAY = {"gqa": "GQA", "mme": "MME", "mmvet": "MM-Vet", "vqav2": "VQAv2", "vizwiz": "VizWiz", "scienceqa": "SQA-IMG",
@@ -178,7 +178,7 @@ def compare(rungs: list[Rung], benchmarks: list[str] | None = None, resamples: i
                 cell.paper_delta = cell.paper - before.paper
     costs = {rung.name: {k: _mean_std([float(r.costs[k]) for r in rung.runs if r.costs.get(k) is not None])[0]
                          for k in COST_KEYS} for rung in rungs}
-    unknown = [r.name for r in rungs if r.row is None and r.name not in LADDER + ARMS]
+    unknown = [r.name for r in rungs if r.row is None and not r.is_arm and r.name not in LADDER]
     if unknown:
         notes.append(f"runs without an ablation rung in their config, named by run id: {', '.join(unknown)}")
     return Comparison(rungs=rungs, benchmarks=names, kinds=kinds, cells=cells, reference=reference, costs=costs,
