@@ -92,13 +92,25 @@ def test_a_failed_job_through_submitit_local(tmp_path, tiny_world):
 
 def test_a_failed_job_through_the_parallel_launcher(tmp_path, tiny_world):
     """hydra/launcher=parallel (joblib): two jobs at once, each in a worker process with cpu_count // n_jobs torch
-    threads (so one each on a 2-core machine); a job that fails leaves the other to finish."""
+    threads (so one each on a 2-core machine) and DataLoader workers started by the platform's method (loky's own
+    cannot start them); a job that fails leaves the other to finish."""
     bad, good = "data.align.mixture.num_samples=0", "data.align.mixture.num_samples=32"
-    proc = multirun(["-m", "hydra/launcher=parallel", *QUICK, "stage.align.max_steps=1",
+    proc = multirun(["-m", "hydra/launcher=parallel", *QUICK, "data.num_workers=1", "stage.align.max_steps=1",
                      "data.align.mixture.num_samples=0,32"], env_for(tmp_path, tiny_world))
     check_one_failed(tmp_path, proc, bad, good, "ValueError")
     threads = {json.loads((d / "meta.json").read_text())["torch_threads"] for d in run_folders(tmp_path).values()}
     assert threads == {max(1, (os.cpu_count() or 1) // 2)}, threads
+
+
+def test_loader_workers_start_by_a_standard_method(monkeypatch):
+    """Inside a process whose default start method is a launcher's own (loky's), loaders get the platform's."""
+    import multiprocessing
+
+    from lmm.data.workers import STANDARD, worker_context
+
+    assert worker_context(2) is None  # this process: torch's default
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "loky")
+    assert worker_context(2).get_start_method() in STANDARD and worker_context(0) is None
 
 
 def test_optuna_search_optimises_the_objective_each_job_returns(tmp_path, tiny_world):

@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from lmm.data.workers import worker_context
+
 
 @dataclass
 class SourceInfo:
@@ -352,7 +354,7 @@ class MixtureLoader:
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
             kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": self.worker_init_fn,
-                      "timeout": self.timeout}
+                      "timeout": self.timeout, "multiprocessing_context": worker_context(self.num_workers)}
         loader = DataLoader(self.dataset, batch_sampler=_FromPosition(self.sampler, start),
                             collate_fn=self.collate_fn, num_workers=self.num_workers, pin_memory=self.pin_memory,
                             **kwargs)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmm.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 from lmm.data.images import batch_images
+from lmm.data.workers import worker_context
 from lmm.eval.tasks import Question
 from lmm.model.build import part_dtypes
 from lmm.model.llava import LlavaModel
@@ -122,7 +123,7 @@ def make_loader(dataset: QuestionDataset, tokenizer: Any, batch_size: int, num_w
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=_Collate(tokenizer.pad_token_id, dataset.transform.image_size,
                                           getattr(dataset.transform, "blank", None)),
-                      persistent_workers=False)
+                      persistent_workers=False, multiprocessing_context=worker_context(num_workers))
 
 
 class EvalModule(L.LightningModule):
