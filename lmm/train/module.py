@@ -80,9 +80,11 @@ class LlavaLitModule(L.LightningModule):
     def on_fit_start(self) -> None:
         counts = self.parameter_counts()
         trained = ", ".join(self.train_parts)
+        tokens = f"{counts['model/visual_tokens_per_image']} visual tokens per image"
+        if self.model.tiled:
+            tokens += " of the tile's size, more for a larger one (tiled; results.json has the mean trained on)"
         self.print(f"[lmm] training {trained}: {counts['params/trainable']:,} trainable, "
-                   f"{counts['params/frozen']:,} frozen parameters; {counts['model/visual_tokens_per_image']} "
-                   "visual tokens per image")
+                   f"{counts['params/frozen']:,} frozen parameters; {tokens}")
         for logger in self.loggers:  # per stage: one W&B run holds both stages' counts
             logger.log_hyperparams({self.stage_name: {"counts": counts, "trainable_parts": self.train_parts}})
 
