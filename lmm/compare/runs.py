@@ -140,7 +140,9 @@ def _costs(results: dict[str, Any]) -> dict[str, float | None]:
         keys = [k for k in stage if "peak" in k.lower() and "mem" in k.lower()]
         return float(stage[keys[0]]) if keys and isinstance(stage[keys[0]], int | float) else None
 
-    seconds = [s.get("seconds") for s in stages.values() if isinstance(s.get("seconds"), int | float)]
+    # this run's own training: an align stage it reused was trained (and timed) by an earlier run
+    seconds = [s.get("seconds") for s in stages.values()
+               if isinstance(s.get("seconds"), int | float) and not s.get("reused")]
     samples_per_sec = last.get("samples_per_sec")
     if samples_per_sec is None and last.get("seconds"):
         samples = select(last, "trained.samples")
