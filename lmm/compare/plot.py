@@ -48,7 +48,8 @@ def plot(c: Comparison, path: Path) -> Path:
         ax.grid(alpha=0.3)
     for k in range(len(c.benchmarks), rows * cols):
         axes[k // cols][k % cols].axis("off")
-    fig.suptitle("mean over seeds, 95% bootstrap interval; * = change from the rung before excludes 0", fontsize=9)
+    fig.suptitle("mean over seeds, 95% bootstrap interval; * = change from the rung before (an arm: from its base) "
+                 "excludes 0", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
