@@ -5,6 +5,7 @@ what the samples compute alone."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +13,17 @@ import torch
 from PIL import Image
 
 from lmm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from lmm.data.datamodule import LlavaDataModule
 from lmm.data.dataset import Collator, SampleBuilder
 from lmm.data.packing import pack
 from lmm.data.records import Record, Turn
 from lmm.data.templates import PlainTemplate
 from lmm.model.build import tile_model
 from lmm.model.llava import LlavaModel
+from lmm.world.noise import write_source
 from lmm.world.zoo import build_tokenizer
 from tests.conftest import tiny_llava
+from tests.synthetic import data_kit
 
 SIZES = [(20, 60), (60, 20), (28, 28), (50, 50)]  # (height, width): wide, tall, one tile, a 2x2 grid
 
@@ -162,3 +166,36 @@ def test_instruct_starts_from_the_align_connector(tmp_path) -> None:
     other = tiled_model()
     load_connector(other, str(tmp_path / "tiled.safetensors"))
     assert torch.equal(other.connector.image_newline, model.connector.image_newline)
+
+
+def test_grouping_by_length_counts_each_images_visual_tokens(tmp_path: Path) -> None:
+    """LLaVA's grouping length is the words of a sample; tiled images differ in visual tokens by more than their
+    words differ, so the plan adds each image's own count, read from the size the store keeps."""
+    model = tiled_model("anyres")
+    transform = model.image_transform()
+    kit = data_kit(tmp_path)
+    specs = []
+    for name, (height, width) in (("wide", SIZES[0]), ("square", SIZES[3])):
+        records, root = write_source(tmp_path, name, 6, image_fraction=0.5, seed=len(name),
+                                     image_size=(width, height))
+        specs.append({"name": name, "records": str(records), "image_root": str(root)})
+
+    def datamodule(image_transform, group: bool = True) -> LlavaDataModule:
+        return LlavaDataModule(specs, template=kit["template"], tokenizer=kit["tokenizer"],
+                               image_transform=image_transform, max_text_length=64, micro_batch_size=2,
+                               loader={"group_by_modality_length": group}, store={"cache_dir": str(tmp_path / "c")})
+
+    dm = datamodule(transform)
+    plan = dm.plan()
+    for info, reader, size in zip(plan.sources, dm.readers, (SIZES[0], SIZES[3]), strict=True):
+        assert reader.image_sizes[reader.has_image].tolist() == [list(size)] * int(reader.has_image.sum())
+        assert (reader.image_sizes[~reader.has_image] == 0).all()
+        expected = reader.words + np.where(reader.has_image, model.visual_tokens(size), 0)
+        assert np.asarray(info.lengths).tolist() == expected.tolist()
+    # a fixed input keeps LLaVA's words (the same count on every image changes no single-modality step); so does
+    # a plan that does not group
+    for other in (datamodule(kit["image_transform"]), datamodule(transform, group=False)):
+        assert [np.asarray(i.lengths).tolist() for i in other.plan().sources] == \
+            [r.words.tolist() for r in other.readers]
+    # the grouped order follows the lengths: a resumed run under other lengths is refused, not silently reordered
+    assert plan.fingerprint() != datamodule(kit["image_transform"]).plan().fingerprint()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from lmm.config import to_plain
@@ -178,13 +179,32 @@ class LlavaDataModule(L.LightningDataModule):
     def plan(self) -> MixturePlan:
         self.setup()
         world, _, accumulate = self._distributed()
-        infos = [SourceInfo(n, len(r), r.has_image, r.words) for n, r in zip(self.source_names, self.readers,
-                                                                               strict=True)]
+        infos = [SourceInfo(n, len(r), r.has_image, self.lengths(r)) for n, r in zip(self.source_names, self.readers,
+                                                                                      strict=True)]
         infos = subsample(infos, self.mixture.fraction, self.seed)
         counts = epoch_counts([i.size for i in infos], [s.weight for s in self.specs],
                               [s.count for s in self.specs], self.mixture.num_samples, [s.passes for s in self.specs])
         return MixturePlan(infos, counts, self.seed, self.micro_batch_size, world, accumulate,
                            self.loader_args.group_by_modality_length, self.mixture.shuffle)
+
+    def lengths(self, reader: StoreReader) -> np.ndarray:
+        """Each sample's length for grouping by modality and length: LLaVA's proxy, the words over all turns; with
+        tiled input (input=hd/anyres), whose images differ in visual tokens, plus the image's own visual tokens from
+        its stored size (a fixed input adds the same count to every image, which changes no single-modality step,
+        so its lengths stay LLaVA's)."""
+        words = np.asarray(reader.words, dtype=np.int64)
+        count = getattr(self.image_transform, "visual_tokens", None)
+        if count is None or not self.loader_args.group_by_modality_length:
+            return words
+        sizes = reader.image_sizes
+        known = np.flatnonzero(np.asarray(reader.has_image) & (sizes.min(axis=1) > 0))
+        if not len(known):
+            return words
+        unique, inverse = np.unique(sizes[known], axis=0, return_inverse=True)
+        tokens = np.array([count((int(h), int(w))) for h, w in unique], dtype=np.int64)
+        out = words.copy()
+        out[known] += tokens[inverse.reshape(-1)]
+        return out
 
     def schedule(self) -> dict[str, Any]:
         """The epoch plan the loader follows: samples, optimizer steps (the last one smaller when the global batch

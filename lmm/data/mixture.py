@@ -27,7 +27,8 @@ The whole order is a pure function of (seed, epoch, sources, batching), computed
    multiple of world) does a micro-batch get no sample: it stays empty, never a duplicate, and the Collator turns it
    into one 1-token row without loss, so that rank takes part in the step with no supervised token
    (`describe()["filler_micro_batches"]`). With `group_by_modality_length` each step is single-modality and its
-   micro-batches are length-balanced (LLaVA's sampler, spec §5.4); the leftovers of both modalities (< 2 steps) form
+   micro-batches are length-balanced (LLaVA's sampler, spec §5.4; a sample's length is its words, plus its image's
+   visual tokens when they vary per image: LlavaDataModule.lengths); the leftovers of both modalities (< 2 steps) form
    a whole mixed step if they fill one, then the smaller step, last.
 4. Micro-batch j of a step goes to rank j % world: ranks never share a sample and all take the same number of
    micro-batches and steps. Lightning's DistributedSampler is not involved (the loader is not a torch DataLoader).
@@ -142,10 +143,12 @@ class MixturePlan:
         """A hash of everything the order depends on: a checkpoint's position only means something for the same."""
         kept = {s.name: hashlib.sha256(np.asarray(s.index, dtype=np.int64).tobytes()).hexdigest()[:16]
                 for s in self.sources if s.index is not None}
+        lengths = {s.name: hashlib.sha256(np.asarray(s.lengths, dtype=np.int64).tobytes()).hexdigest()[:16]
+                   for s in self.sources} if self.group else {}  # the grouped order follows them
         blob = json.dumps({"sources": [(s.name, s.size) for s in self.sources], "counts": self.counts,
                            "seed": self.seed, "micro": self.micro, "world": self.world, "accumulate": self.accumulate,
                            "group": self.group, "shuffle": self.shuffle, "order": ORDER_VERSION,
-                           **({"kept": kept} if kept else {})})
+                           **({"kept": kept} if kept else {}), **({"lengths": lengths} if lengths else {})})
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:

@@ -10,7 +10,8 @@ that sees every sample's modality and length up front. Why parts: each is writte
 renamed when litdata is done with it, so an interrupted conversion resumes after its last finished part. Layout:
 
     index.json       lmm's: format, parts, counts, rejects, source fingerprint (written last: the conversion finished)
-    meta.npy         per sample: part, word count (LLaVA's length proxy), has_image (the plan reads no samples)
+    meta.npy         per sample: part, word count (LLaVA's length proxy), has_image, the image's height and width
+                     (0 without an image, or if its header is unreadable): the plan reads no samples
     part-00000/      a litdata dataset (its own index.json + chunk-*.bin) of up to `part_samples` samples, each
                      {"record": record JSON (id, image, conversations), "image": image bytes, b"" if text-only}
     rejects.jsonl    records the conversion skipped (lenient mode), one JSON line each with its reason
@@ -25,6 +26,7 @@ samples are read by byte range (s3, gs) or from chunk files copied into that cac
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -51,9 +53,10 @@ from lmm.log import log
 FORMAT = "lmm-litdata"
 # Part of every store's cache key (lmm.data.sources.convert.source_fingerprint) and checked by StoreReader: bump it
 # when what a conversion keeps changes, so stores made before are rebuilt. 1: lmm's own format (before litdata);
-# 2: litdata parts; 3: a record whose first turn is not from human is repaired and kept (2 rejected it).
-FORMAT_VERSION = 3
-META_DTYPE = np.dtype([("part", "<u4"), ("words", "<i4"), ("has_image", "?")])
+# 2: litdata parts; 3: a record whose first turn is not from human is repaired and kept (2 rejected it); 4: each
+# image's size in meta.npy (tiled input counts its visual tokens from it when grouping by length).
+FORMAT_VERSION = 4
+META_DTYPE = np.dtype([("part", "<u4"), ("words", "<i4"), ("has_image", "?"), ("height", "<u4"), ("width", "<u4")])
 CACHE_RACE_SECONDS = 120.0  # how long a worker waits for a chunk that another worker is downloading
 REMOTE_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "local:")  # what litdata 0.2.76 streams for this format
 
@@ -66,6 +69,20 @@ def part_name(k: int) -> str:
 def words_of(rec: Record) -> int:
     """LLaVA's length proxy (modality_lengths): whitespace words over all turns."""
     return sum(len(t.value.split()) for t in rec.conversations)
+
+
+def image_size_of(data: bytes | None) -> tuple[int, int]:
+    """(height, width) from an image's header; (0, 0) without an image or when the header cannot be read (a
+    conversion with verify_images=none keeps such bytes; loading the sample then rejects it, counted)."""
+    if data is None:
+        return 0, 0
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.height, img.width
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 0, 0
 
 
 def encode_sample(rec: Record, image: bytes | None) -> dict[str, Any]:
@@ -100,14 +117,14 @@ class PartWriter:
         # job, litdata's writer names its chunks after the rank and its merge() waits for one index per rank.
         self.writer._distributed_env = _DistributedEnv(world_size=1, global_rank=0, num_nodes=1)
         self.writer._rank = 0
-        self.meta: list[tuple[int, bool]] = []
+        self.meta: list[tuple[int, bool, tuple[int, int]]] = []
 
     def __len__(self) -> int:
         return len(self.meta)
 
     def add(self, rec: Record, image: bytes | None) -> None:
         self.writer[len(self.meta)] = encode_sample(rec, image)
-        self.meta.append((words_of(rec), image is not None))
+        self.meta.append((words_of(rec), image is not None, image_size_of(image)))
 
     def finish(self) -> dict[str, Any]:
         """Close the part (litdata's chunk index, lmm's per-sample metadata) and move it into place."""
@@ -115,8 +132,10 @@ class PartWriter:
         self.writer.merge()
         meta = np.zeros(len(self.meta), dtype=META_DTYPE)
         meta["part"] = self.number
-        meta["words"] = [w for w, _ in self.meta]
-        meta["has_image"] = [h for _, h in self.meta]
+        meta["words"] = [m[0] for m in self.meta]
+        meta["has_image"] = [m[1] for m in self.meta]
+        meta["height"] = [m[2][0] for m in self.meta]
+        meta["width"] = [m[2][1] for m in self.meta]
         np.save(self.tmp / "lmm-meta.npy", meta)
         sizes = [p.stat().st_size for p in self.tmp.glob("*.bin")]
         target = self.out / part_name(self.number)
@@ -181,6 +200,11 @@ class StoreReader:
     @property
     def words(self) -> np.ndarray:
         return np.asarray(self.meta["words"])
+
+    @property
+    def image_sizes(self) -> np.ndarray:
+        """[N, 2] (height, width) per sample; (0, 0) without an image or with an unreadable header."""
+        return np.stack([np.asarray(self.meta["height"]), np.asarray(self.meta["width"])], axis=1)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
