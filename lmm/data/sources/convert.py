@@ -55,19 +55,20 @@ def default_store_dir(cache_dir: str | os.PathLike, name: str, records: str | os
     return Path(cache_dir) / f"{name}-{key[:12]}"
 
 
-def image_problem(data: bytes, verify: str) -> str | None:
-    """Why the bytes are not a readable image, or None ("header": identify only; "decode": full decode; "none")."""
-    if verify == "none":
-        return None
+def inspect_image(data: bytes, verify: str) -> tuple[str | None, tuple[int, int]]:
+    """Why the bytes are not a readable image (None if they are), and the image's (height, width) from one opening
+    of its header ((0, 0) if unreadable). verify: "header" (open it), "decode" (fully), "none" (a bad header is kept,
+    with size (0, 0); loading the sample later rejects it, counted)."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as img:
+            size = (img.height, img.width)
             if verify == "decode":
                 img.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return f"cannot read image: {e}"
-    return None
+        return (None if verify == "none" else f"cannot read image: {e}"), (0, 0)
+    return None, size
 
 
 @contextlib.contextmanager
@@ -156,7 +157,7 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
                 if index_in < state["consumed"]:
                     continue
                 try:
-                    rec, image, fixes = _load_record(raw, records, index_in, root, verify_images)
+                    rec, image, size, fixes = _load_record(raw, records, index_in, root, verify_images)
                 except RecordError as e:
                     if on_error == "error":
                         raise
@@ -173,7 +174,7 @@ def convert(records: str | os.PathLike, image_root: str | os.PathLike | None, ou
                     state["repair_reasons"][fix.kind] = state["repair_reasons"].get(fix.kind, 0) + 1
                 if part is None:
                     part = PartWriter(out, len(state["parts"]), chunk_bytes)
-                part.add(rec, image)
+                part.add(rec, image, size)
                 if len(part) >= part_samples:
                     finish_part(index_in + 1)
             finish_part(index_in + 1)
@@ -242,7 +243,7 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
 
 
 def _load_record(raw: Any, records: Path, index: int, root: Path,
-                 verify: str) -> tuple[Record, bytes | None, list[Repair]]:
+                 verify: str) -> tuple[Record, bytes | None, tuple[int, int], list[Repair]]:
     where = f"{records}: record {index}"
     try:
         rec = parse_record(raw, records, index)
@@ -256,7 +257,7 @@ def _load_record(raw: Any, records: Path, index: int, root: Path,
         after = "".join(f" (after LLaVA's repair: {fix.detail})" for fix in fixes)
         raise SampleError(where, rec.id, reason + after, reason_kind(reason))
     if rec.image is None:
-        return rec, None, fixes
+        return rec, None, (0, 0), fixes
     path = resolve_image_path(root, rec.image, follow_symlinks=False)  # record_problem followed the links
     try:
         data = path.read_bytes()
@@ -264,7 +265,7 @@ def _load_record(raw: Any, records: Path, index: int, root: Path,
         raise SampleError(where, rec.id, f"image file not found: {path}", "missing image") from e
     except OSError as e:
         raise SampleError(where, rec.id, f"cannot read image {path}: {e}", "missing image") from e
-    problem = image_problem(data, verify)
+    problem, size = inspect_image(data, verify)
     if problem is not None:
         raise SampleError(where, rec.id, f"{path}: {problem}", "corrupt image")
-    return rec, data, fixes
+    return rec, data, size, fixes

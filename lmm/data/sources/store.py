@@ -26,7 +26,6 @@ samples are read by byte range (s3, gs) or from chunk files copied into that cac
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -71,20 +70,6 @@ def words_of(rec: Record) -> int:
     return sum(len(t.value.split()) for t in rec.conversations)
 
 
-def image_size_of(data: bytes | None) -> tuple[int, int]:
-    """(height, width) from an image's header; (0, 0) without an image or when the header cannot be read (a
-    conversion with verify_images=none keeps such bytes; loading the sample then rejects it, counted)."""
-    if data is None:
-        return 0, 0
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.height, img.width
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return 0, 0
-
-
 def encode_sample(rec: Record, image: bytes | None) -> dict[str, Any]:
     """One sample as litdata stores it: the record as JSON text and the image bytes (empty for text-only)."""
     record = json.dumps({"id": rec.id, "image": rec.image,
@@ -117,14 +102,15 @@ class PartWriter:
         # job, litdata's writer names its chunks after the rank and its merge() waits for one index per rank.
         self.writer._distributed_env = _DistributedEnv(world_size=1, global_rank=0, num_nodes=1)
         self.writer._rank = 0
-        self.meta: list[tuple[int, bool, tuple[int, int]]] = []
+        self.meta: list[tuple[int, bool, int, int]] = []  # words, has_image, height, width
 
     def __len__(self) -> int:
         return len(self.meta)
 
-    def add(self, rec: Record, image: bytes | None) -> None:
+    def add(self, rec: Record, image: bytes | None, size: tuple[int, int] = (0, 0)) -> None:
+        """One sample; `size`: its image's (height, width) as the conversion read it, (0, 0) if unknown."""
         self.writer[len(self.meta)] = encode_sample(rec, image)
-        self.meta.append((words_of(rec), image is not None, image_size_of(image)))
+        self.meta.append((words_of(rec), image is not None, *size))
 
     def finish(self) -> dict[str, Any]:
         """Close the part (litdata's chunk index, lmm's per-sample metadata) and move it into place."""
@@ -132,10 +118,8 @@ class PartWriter:
         self.writer.merge()
         meta = np.zeros(len(self.meta), dtype=META_DTYPE)
         meta["part"] = self.number
-        meta["words"] = [m[0] for m in self.meta]
-        meta["has_image"] = [m[1] for m in self.meta]
-        meta["height"] = [m[2][0] for m in self.meta]
-        meta["width"] = [m[2][1] for m in self.meta]
+        for k, field in enumerate(("words", "has_image", "height", "width")):
+            meta[field] = [m[k] for m in self.meta]
         np.save(self.tmp / "lmm-meta.npy", meta)
         sizes = [p.stat().st_size for p in self.tmp.glob("*.bin")]
         target = self.out / part_name(self.number)
