@@ -1,6 +1,7 @@
 """The figures of experiments/world.md from run folders, with lmm.compare's loading and paired bootstrap: every
 benchmark's headline per run, paired differences between two runs on every benchmark they share (full mixture vs
-conversations only, seeing vs blind), and TextVQA split by the print size of its sign at two input resolutions.
+conversations only, seeing vs blind), seeing vs blind split by the form of the question (what the image is used
+for), and TextVQA split by the print size of its sign at two input resolutions.
 
     python experiments/world_figures.py full=<run> conv=<run> blind=<run> res224=<run> res336=<run> > figures.md
 
@@ -60,6 +61,40 @@ def pair_table(a: Run, b: Run) -> str:
     return "\n".join(lines)
 
 
+FORM_BENCHMARKS = ("tiny_vqav2", "tiny_gqa")
+
+
+def question_form(question: str) -> str:
+    """What a short question asks for, from its first words: colour, count, size, yes/no or kind (any other what/which:
+    the kind of an object, what is inside, which is bigger)."""
+    q = question.split("\n")[0].lower()
+    if q.startswith(("what colour", "what is the colour")):
+        return "colour"
+    if q.startswith("how many"):
+        return "count"
+    if q.startswith("what size"):
+        return "size"
+    if q.startswith(("what", "which")):
+        return "kind"
+    return "yes/no" if q.split()[0] in ("is", "are", "does") else "other"
+
+
+def form_table(blind: Run, seeing: Run) -> str:
+    lines = ["| benchmark | question form | questions | seeing | blind | seeing - blind, 95% CI |",
+             "|---|---|---|---|---|---|"]
+    for name in FORM_BENCHMARKS:
+        if name not in seeing.benchmarks or name not in blind.benchmarks:
+            continue
+        kind = seeing.benchmarks[name].kind
+        both = [seeing.benchmarks[name].records(), blind.benchmarks[name].records()]
+        for form in sorted({question_form(r["question"]) for r in both[0]}):
+            recs = [[r for r in rs if question_form(r["question"]) == form] for rs in both]
+            means = [100 * np.mean([r["score"] for r in rs]) for rs in recs]
+            change = paired_change(kind, recs[1], recs[0])
+            lines.append(f"| {name} | {form} | {len(recs[0])} | {means[0]:.1f} | {means[1]:.1f} | {_fmt(change)} |")
+    return "\n".join(lines)
+
+
 def print_sizes(run: Run) -> dict[str, str]:
     """image id (TextVQA's answers are keyed by it) -> the print size of its sign ('large' | 'small')."""
     image = run.benchmarks["tiny_textvqa"].records()[0]["image"]
@@ -85,6 +120,8 @@ def main(argv: list[str]) -> None:
     for before, after, title in PAIRS:
         if before in runs and after in runs:
             print(f"\n## {title}\n\n" + pair_table(runs[before], runs[after]))
+    if "full" in runs and "blind" in runs:
+        print("\n## seeing - blind by question form\n\n" + form_table(runs["blind"], runs["full"]))
     if "res224" in runs and "res336" in runs:
         print("\n## TextVQA by print size\n\n" + small_print_table(runs["res224"], runs["res336"]))
 

@@ -396,3 +396,51 @@ def test_pretraining_text_holds_every_fact_and_no_image_placeholder():
     assert set(fact_sentences(random.Random(0), repeats=1)) <= set(texts)  # both halves: knowledge lives in text
     assert all(k in joined for k in KINDS)
     assert sum(w in joined for w in WORDS) > len(WORDS) // 2  # the signs' words (captions, spelling dialogues)
+
+
+def singular(word: str) -> str:
+    """A kind's noun from its plural ("boxes" -> "box", "balls" -> "ball"); other words unchanged."""
+    for cut in ("es", "s"):
+        if word.endswith(cut) and word.removesuffix(cut) in KINDS:
+            return word.removesuffix(cut)
+    return word
+
+
+def test_contrast_caption_changes_exactly_one_named_thing():
+    """CLIP's hard negatives: the sign's word for another word, or one kind for a kind the caption does not name;
+    a colour when neither is named. Never the caption itself (a negative equal to its positive teaches nothing)."""
+    rng = random.Random(3)
+    seen = Counter()
+    for k in range(300):
+        scene = sample_scene(random.Random(f"neg-{k}"), sign_rate=0.5)
+        text = Q.caption(scene, rng)
+        wrong = Q.contrast_caption(text, rng)
+        a, b = text.split(" "), wrong.split(" ")
+        changed = {(x.strip(","), y.strip(",")) for x, y in zip(a, b, strict=True) if x != y}
+        assert len(a) == len(b) and changed, (text, wrong)
+        olds = {singular(x) for x, _ in changed}
+        assert len(olds) == 1, (text, wrong)  # one thing: every mention of one kind, in the singular or plural
+        old, new = sorted(changed)[0]
+        if old in WORDS:
+            assert new in WORDS and new != old
+            seen["word"] += 1
+        elif singular(old) in KINDS:
+            assert singular(new) in KINDS and not re.search(rf"\b{singular(new)}(e?s)?\b", text)
+            assert (old in KINDS) == (new in KINDS)  # the number is kept: "two balls" -> "two tents"
+            seen["kind"] += 1
+        else:
+            assert not scene.objects and not scene.signs and old in [*COLORS, "white", "gray", "black", "beige"]
+            seen["colour"] += 1
+    assert seen["word"] > 30 and seen["kind"] > 150, seen
+    empty = Q.contrast_caption("an empty gray background", rng)
+    assert empty.startswith("an empty ") and empty.split()[2] in COLORS  # no kind, no word: a colour changes
+
+
+def test_hard_negatives_for_the_clip_build_are_seeded_and_optional():
+    from lmm.world.build import hard_negatives
+
+    captions = ["two red balls and a sign that says STOP", "an empty gray background"]
+    assert hard_negatives(captions, 0, seed=0) is None
+    negs = hard_negatives(captions, 3, seed=0)
+    assert [len(n) for n in negs] == [3, 3] and all(c not in n for c, n in zip(captions, negs, strict=True))
+    assert negs == hard_negatives(captions, 3, seed=0) != hard_negatives(captions, 3, seed=1)

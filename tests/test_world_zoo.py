@@ -326,3 +326,37 @@ def test_pretraining_prints_nothing_but_its_log_line(tmp_path, tok, capfd):
     out, err = capfd.readouterr()
     assert err == ""
     assert all(line.startswith("[lmm] ") for line in out.splitlines())
+
+
+def test_hard_negatives_join_every_images_captions(tok):
+    """The loss with hard negatives, checked against transformers' own CLIP loss: negatives equal to the captions
+    double every image's candidates, adding exactly ln 2 to the image -> text half; and every negative of the batch
+    is ranked against every image (permuting them changes nothing), never taken for a target."""
+    torch.manual_seed(0)
+    model = CLIPModel(zoo_clip.clip_config(len(tok) + 1, len(tok), tok.pad_token_id, tok.bos_token_id, image_size=16,
+                                           patch_size=8, hidden_size=16, num_layers=1, text_hidden_size=16,
+                                           text_layers=1, max_text_len=32, projection_dim=16))
+    text_tok = zoo_clip.clip_text_tokenizer(tok)
+    pixels = normalize(crop_pixels(IMAGES[:6], 16))
+    ids, lengths = tokenize_captions(text_tok, CAPTIONS[:6], 32)
+    texts = zoo_clip._text_batch(ids, lengths, torch.arange(6))
+    plain = model(input_ids=texts[0], attention_mask=texts[1], pixel_values=pixels, return_loss=True).loss
+    doubled = zoo_clip._loss_with_negatives(model, pixels, texts, texts)
+    assert torch.allclose(doubled, plain + math.log(2) / 2, atol=1e-5)
+    other_ids, other_lengths = tokenize_captions(text_tok, CAPTIONS[6:12], 32)
+    negs = zoo_clip._text_batch(other_ids, other_lengths, torch.arange(6))
+    flipped = zoo_clip._text_batch(other_ids, other_lengths, torch.arange(5, -1, -1))
+    with_negs = zoo_clip._loss_with_negatives(model, pixels, texts, negs)
+    assert torch.allclose(with_negs, zoo_clip._loss_with_negatives(model, pixels, texts, flipped), atol=1e-6)
+    assert with_negs > plain
+
+
+def test_clip_pretrains_with_hard_negatives(tmp_path, tok):
+    negatives = [[c.replace("square", "circle") if "square" in c else c.replace("circle", "square")] for c in CAPTIONS]
+    out = pretrain_clip(tmp_path / "neg", IMAGES, CAPTIONS, tok, image_size=16, steps=5, negatives=negatives,
+                        **SMALL_CLIP)
+    plain = pretrain_clip(tmp_path / "plain", IMAGES, CAPTIONS, tok, image_size=16, steps=5, **SMALL_CLIP)
+    assert out["first_loss"] != plain["first_loss"] and _bytes(tmp_path / "neg") != _bytes(tmp_path / "plain")
+    with pytest.raises(ValueError, match="negatives for 16 captions"):
+        pretrain_clip(tmp_path / "bad", IMAGES, CAPTIONS, tok, image_size=16, steps=1, negatives=negatives[:3],
+                      **SMALL_CLIP)

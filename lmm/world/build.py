@@ -31,7 +31,7 @@ from lmm.data.templates import VICUNA_V1_SYSTEM
 from lmm.log import log
 from lmm.world.benchmarks import build_benchmarks
 from lmm.world.knowledge import split_facts
-from lmm.world.questions import caption
+from lmm.world.questions import caption, contrast_caption
 from lmm.world.scenes import render, sample_scene
 from lmm.world.sources import build_sources, pretraining_text
 from lmm.world.spec import plain_spec
@@ -71,6 +71,14 @@ def heldout_pairs(n: int, seed: int) -> tuple[list[Image.Image], list[str]]:
     return [render(s) for s in scenes], [caption(s, rng) for s in scenes]
 
 
+def hard_negatives(captions: list[str], k: int, seed: int) -> list[list[str]] | None:
+    """k captions per stage-1 caption with one thing changed (contrast_caption), seeded; None when k is 0."""
+    if not k:
+        return None
+    rng = random.Random(f"{seed}-clip-negatives")
+    return [[contrast_caption(c, rng) for _ in range(k)] for c in captions]
+
+
 def _build(root: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
     """Everything of the world into `root`: data first (the zoo learns from it), then the tokenizer and the zoo."""
     hf_logging.disable_progress_bar()
@@ -93,13 +101,16 @@ def _build(root: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
 
     images, captions = stage1_pairs(data)
     heldout = heldout_pairs(zoo["clip"]["heldout"], seed)
-    low = zoo["clip"]["low"]
+    # hard negatives per caption (optional; a spec without the key is the world it always was)
+    low = {k: v for k, v in zoo["clip"]["low"].items() if k != "hard_negatives"}
+    negatives = hard_negatives(captions, zoo["clip"]["low"].get("hard_negatives", 0), seed)
     # the higher resolution continues the lower one: same architecture, the recipe of `high` over `low`'s
     high = {**{k: v for k, v in low.items() if k not in ARCHITECTURE}, **zoo["clip"]["high"]}
     _timed(report, "clip_res224", pretrain_clip, root / "clip-tiny-res224", images, captions, tokenizer,
-           heldout=heldout, seed=seed, progress=progress, **low)
+           heldout=heldout, seed=seed, progress=progress, negatives=negatives, **low)
     _timed(report, "clip_res336", pretrain_clip, root / "clip-tiny-res336", images, captions, tokenizer,
-           heldout=heldout, seed=seed, progress=progress, init_from=root / "clip-tiny-res224", **high)
+           heldout=heldout, seed=seed, progress=progress, init_from=root / "clip-tiny-res224", negatives=negatives,
+           **high)
     for res, size in (("res224", low["image_size"]), ("res336", high["image_size"])):
         build_siglip_tower(root / f"siglip-tiny-{res}", image_size=size, patch_size=low["patch_size"],
                            hidden_size=low["hidden_size"], num_layers=low["num_layers"], seed=seed)

@@ -14,10 +14,11 @@ that a benchmark asks the same kinds of question a source teaches, about other s
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 from lmm.world.knowledge import FACTS, PROPERTIES
-from lmm.world.scenes import COLORS, KINDS, NUMBER_WORDS, SIZES, WORDS, Scene, position, relations
+from lmm.world.scenes import BACKGROUNDS, COLORS, KINDS, NUMBER_WORDS, SIZES, WORDS, Scene, position, relations
 
 QA = tuple[str, str]  # (question without any format prompt, short answer)
 HAS_SIGN = "Is there a sign in the image?"
@@ -164,6 +165,28 @@ def caption(scene: Scene, rng: random.Random) -> str:
         text += rng.choice((f" and a sign that says {s.word}", f", with a sign that says {s.word}",
                             f" next to a sign reading {s.word}"))
     return text
+
+
+def contrast_caption(text: str, rng: random.Random) -> str:
+    """A hard negative for CLIP's pretraining: the caption with one thing it names changed (the sign's word, or one
+    kind for a kind it does not name; a colour when it names neither, as an empty scene's caption). Within a batch of
+    random scenes the colours and the background already tell captions apart; these negatives are told apart only
+    by outline or print (NegCLIP's swapped captions, for the same failure)."""
+    words = [w for w in WORDS if re.search(rf"\b{w}\b", text)]
+    named = [k for k in KINDS if re.search(rf"\b{k}(e?s)?\b", text)]
+    unnamed = [k for k in KINDS if k not in named]
+    choices = [("word", w) for w in words] + ([("kind", k) for k in named] if unnamed else [])
+    if not choices:
+        colours = [c for c in [*COLORS, *BACKGROUNDS] if re.search(rf"\b{c}\b", text)]
+        if not colours:
+            raise ValueError(f"nothing to change in the caption {text!r}")
+        old = rng.choice(colours)
+        return re.sub(rf"\b{old}\b", rng.choice([c for c in COLORS if c not in colours]), text)
+    what, old = rng.choice(choices)
+    if what == "word":
+        return re.sub(rf"\b{old}\b", rng.choice([w for w in WORDS if w != old]), text)
+    new = rng.choice(unnamed)
+    return re.sub(rf"\b{old}(e?s)?\b", lambda m: plural(new) if m.group(1) else new, text)
 
 
 def detailed_description(scene: Scene) -> str:

@@ -149,6 +149,23 @@ def _continued(init_from: str | Path, image_size: int) -> CLIPModel:
     return model
 
 
+def _loss_with_negatives(model: CLIPModel, pixel_values: torch.Tensor, texts: tuple[torch.Tensor, torch.Tensor],
+                         negatives: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE, each image ranked against the batch's captions plus their hard negatives."""
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=-1, keepdim=True)
+
+    image = unit(model.get_image_features(pixel_values=pixel_values).pooler_output)
+    text = unit(model.get_text_features(input_ids=texts[0], attention_mask=texts[1]).pooler_output)
+    wrong = unit(model.get_text_features(input_ids=negatives[0], attention_mask=negatives[1]).pooler_output)
+    scale = model.logit_scale.exp()
+    target = torch.arange(len(image))
+    image_to_text = scale * image @ torch.cat([text, wrong]).T
+    text_to_image = scale * text @ image.T
+    return (torch.nn.functional.cross_entropy(image_to_text, target)
+            + torch.nn.functional.cross_entropy(text_to_image, target)) / 2
+
+
 @torch.no_grad()
 def _embed(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
            batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,13 +202,17 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
                   steps: int = 400, batch_size: int = 128, lr: float = 2e-3, warmup: int | None = None,
                   weight_decay: float = 0.1, seed: int = 0, init_from: str | Path | None = None,
                   heldout: tuple[Sequence[Image.Image], Sequence[str]] | None = None, pool: int = 100,
-                  aspect: str = "crop", bf16: bool = False, progress: bool = True, name: str | None = None) -> dict:
+                  aspect: str = "crop", negatives: Sequence[Sequence[str]] | None = None, bf16: bool = False,
+                  progress: bool = True, name: str | None = None) -> dict:
     """Pretrain a full CLIPModel contrastively on (image, caption) pairs and save it to `out_dir` as a full CLIP
     checkpoint with its image-processor config and its text tower's tokenizer (clip_text_tokenizer).
 
     CLIP's symmetric InfoNCE over each batch with the learned logit scale (clamped at 100). Images are preprocessed
     once as the saved processor does (shortest edge to `image_size`, centre crop; `aspect="pad"` squares them first),
-    then each step indexes the cached pixels; each epoch visits the pairs in a new seeded order.
+    then each step indexes the cached pixels; each epoch visits the pairs in a new seeded order. With `negatives`
+    (for each pair, captions that are wrong for its image: lmm.world.questions.contrast_caption) each step adds one
+    of each batch image's negatives, drawn at random, to the captions its image is ranked against (image -> text
+    only, as NegCLIP): a batch of random scenes is told apart by colours alone, these are not.
 
     From scratch (`init_from` None): vision ViT of `hidden_size` (64) x `num_layers` (3), patches of `patch_size`;
     text tower of `text_hidden_size` / `text_layers` (the vision's by default), `max_text_len` positions. With
@@ -213,6 +234,12 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
     text_tokenizer = clip_text_tokenizer(tokenizer)
     pixels = crop_pixels(images, image_size, aspect)
     ids, lengths = tokenize_captions(text_tokenizer, captions, max_text_len)
+    if negatives is not None and len(negatives) != len(captions):
+        raise ValueError(f"{len(negatives)} lists of negatives for {len(captions)} captions")
+    k = min((len(n) for n in negatives), default=0) if negatives is not None else 0
+    if negatives is not None and k == 0:
+        raise ValueError("every caption needs at least one negative when `negatives` is given")
+    neg = [tokenize_captions(text_tokenizer, [n[v] for n in negatives], ids.shape[1]) for v in range(k)]
     with seeded(seed) as gen:
         if init_from is not None:
             model = _continued(init_from, image_size)
@@ -232,8 +259,12 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
         def loss_of_step(step: int) -> torch.Tensor:
             idx = batches.next()
             input_ids, mask = _text_batch(ids, lengths, idx)
-            return model(input_ids=input_ids, pixel_values=normalize(pixels[idx]), attention_mask=mask,
-                         return_loss=True).loss
+            if not neg:
+                return model(input_ids=input_ids, pixel_values=normalize(pixels[idx]), attention_mask=mask,
+                             return_loss=True).loss
+            variant = neg[int(torch.randint(k, (1,), generator=gen))]
+            neg_ids, neg_mask = _text_batch(*variant, idx)
+            return _loss_with_negatives(model, normalize(pixels[idx]), (input_ids, mask), (neg_ids, neg_mask))
 
         def clamp_scale() -> None:
             with torch.no_grad():
