@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--scenes", type=int, default=8000)
+    ap.add_argument("--task", choices=("both", "kinds", "words"), default="both", help="which heads learn")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -92,8 +93,9 @@ def main() -> None:
     for _ in range(args.steps):
         idx = torch.randint(train, (128,))
         out = head(tower(pixels[idx]))
-        loss = (nn.functional.binary_cross_entropy_with_logits(out[:, :len(KINDS)], kinds[idx])
-                + nn.functional.cross_entropy(out[:, len(KINDS):], words[idx]))
+        kind_loss = nn.functional.binary_cross_entropy_with_logits(out[:, :len(KINDS)], kinds[idx])
+        word_loss = nn.functional.cross_entropy(out[:, len(KINDS):], words[idx])
+        loss = {"both": kind_loss + word_loss, "kinds": kind_loss, "words": word_loss}[args.task]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -103,7 +105,7 @@ def main() -> None:
     kind_auc = sum(auc(out[:, k], kinds[train:, k]) for k in range(len(KINDS))) / len(KINDS)
     guess = out[:, len(KINDS):].argmax(1)
     print(f"{args.tower} {args.image_size}px patch {args.patch_size} hidden {args.hidden} x {args.layers}, "
-          f"{args.steps} steps ({time.perf_counter() - start:.0f} s), last loss {loss.item():.3f}")
+          f"{args.steps} steps ({time.perf_counter() - start:.0f} s), heads: {args.task}, last loss {loss.item():.3f}")
     print(f"  kinds present: mean AUC {kind_auc:.3f} (0.5 = no signal)")
     for p in ("large", "small"):
         sel = torch.tensor([q == p for q in prints[train:]])
