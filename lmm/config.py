@@ -52,11 +52,22 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("lmm_world_dir", world_dir_name)
 
 
-def fingerprint(cfg: DictConfig, keys: list[str]) -> str:
-    """A short hash of the resolved config at `keys`: two stages with equal fingerprints are the same computation."""
+def fingerprint(cfg: DictConfig, keys: list[str], drop_nulls: bool = False) -> str:
+    """A short hash of the resolved config at `keys`: two stages with equal fingerprints are the same computation.
+    With `drop_nulls` a key whose value is null counts as absent."""
     picked = {k: to_plain(OmegaConf.select(cfg, k)) for k in keys}
+    if drop_nulls:
+        picked = _without_nulls(picked)
     blob = json.dumps(picked, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def to_plain(cfg: Any) -> Any:

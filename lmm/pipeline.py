@@ -34,16 +34,26 @@ ALIGN_KEYS = ["model.encoder", "model.connector", "model.llm", "model.tokenizer"
               "data.align", "stage.align", "seed", "trainer.precision", "sharding", "prepare"]
 
 
+# what changes how an align stage runs but not what it computes: loader workers, where caches live
+ALIGN_RUNTIME_KEYS = ["data.align.loader.num_workers", "data.align.store"]
+
+
 def align_fingerprint(cfg: DictConfig) -> str:
     """The align stage's cache key. High-resolution input (input=hd/anyres) tiles only in the instruct stage, so its
     align stage is that of its tower's resolution (`input.tower`): +ablation=anyres reuses res336's, as the paper
-    reuses the stage-1 projector. For res224/res336 the key is what it always was."""
+    reuses the stage-1 projector. Runtime settings (ALIGN_RUNTIME_KEYS) and options left null are not part of it, so
+    more loader workers, another cache folder or a new option added with a null default reuse the stage."""
     view = cfg.copy()
     tower = OmegaConf.select(cfg, "input.tower")
-    if tower is not None:
-        with open_dict(view):
+    with open_dict(view):
+        if tower is not None:
             view.input = {"name": tower}
-    return fingerprint(view, ALIGN_KEYS)
+        for key in ALIGN_RUNTIME_KEYS:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(view, parent)
+            if node is not None and leaf in node:
+                del node[leaf]
+    return fingerprint(view, ALIGN_KEYS, drop_nulls=True)
 
 
 # ------------------------------------------------------------------------------------------------------ run folder

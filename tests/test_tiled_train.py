@@ -67,3 +67,26 @@ def test_arm_trains_a_few_steps(tmp_path, tiny_world, arm: str) -> None:
     model, _ = load_lmm_model(run / "instruct" / "model")
     assert model.tiled and model.connector.spec.mode == arm
     assert (run / "samples" / "instruct.jsonl").read_text().count("\n") == 2
+
+
+def test_align_key_ignores_runtime_settings_and_null_options() -> None:
+    """More loader workers, another cache folder or a new option left null reuse the align stage; what it computes
+    (its learning rate, its data, the encoder) does not."""
+    from omegaconf import open_dict
+
+    from tests.test_config import cfg_of
+
+    base = align_fingerprint(cfg_of())
+    assert align_fingerprint(cfg_of("data.num_workers=3")) == base
+    assert align_fingerprint(cfg_of("data.align.store.cache_dir=/elsewhere/stores")) == base
+    with_null = cfg_of()
+    with open_dict(with_null):
+        with_null.data.align.mixture.new_option = None
+        with_null.stage.align.another = None
+    assert align_fingerprint(with_null) == base
+    with open_dict(with_null):
+        with_null.data.align.mixture.new_option = 0  # a value, even a falsy one, is part of the key
+    assert align_fingerprint(with_null) != base
+    assert align_fingerprint(cfg_of("stage.align.lr=5e-4")) != base
+    assert align_fingerprint(cfg_of("data.align.policy.truncate=false")) != base
+    assert align_fingerprint(cfg_of("seed=2")) != base
