@@ -354,8 +354,13 @@ def test_hard_negatives_join_every_images_captions(tok):
 def test_clip_pretrains_with_hard_negatives(tmp_path, tok):
     negatives = [[c.replace("square", "circle") if "square" in c else c.replace("circle", "square")] for c in CAPTIONS]
     out = pretrain_clip(tmp_path / "neg", IMAGES, CAPTIONS, tok, image_size=16, steps=5, negatives=negatives,
-                        **SMALL_CLIP)
-    plain = pretrain_clip(tmp_path / "plain", IMAGES, CAPTIONS, tok, image_size=16, steps=5, **SMALL_CLIP)
+                        max_text_len=16, **SMALL_CLIP)
+    # continued at a higher resolution: captions and negatives both cut to the model's 16 text positions
+    long = [[n[0] + " on a black background" * 4] for n in negatives]  # longer than 16 positions
+    pretrain_clip(tmp_path / "neg-high", IMAGES, CAPTIONS, tok, image_size=24, steps=1, negatives=long,
+                  init_from=tmp_path / "neg", batch_size=8, progress=False)
+    plain = pretrain_clip(tmp_path / "plain", IMAGES, CAPTIONS, tok, image_size=16, steps=5, max_text_len=16,
+                          **SMALL_CLIP)
     assert out["first_loss"] != plain["first_loss"] and _bytes(tmp_path / "neg") != _bytes(tmp_path / "plain")
     with pytest.raises(ValueError, match="negatives for 16 captions"):
         pretrain_clip(tmp_path / "bad", IMAGES, CAPTIONS, tok, image_size=16, steps=1, negatives=negatives[:3],

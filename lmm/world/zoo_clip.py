@@ -239,7 +239,6 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
     k = min((len(n) for n in negatives), default=0) if negatives is not None else 0
     if negatives is not None and k == 0:
         raise ValueError("every caption needs at least one negative when `negatives` is given")
-    neg = [tokenize_captions(text_tokenizer, [n[v] for n in negatives], ids.shape[1]) for v in range(k)]
     with seeded(seed) as gen:
         if init_from is not None:
             model = _continued(init_from, image_size)
@@ -254,6 +253,7 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
                                           num_layers=num_layers, text_hidden_size=text_hidden_size or hidden_size,
                                           text_layers=text_layers or num_layers, max_text_len=max_text_len,
                                           projection_dim=projection_dim or hidden_size))
+        neg = [tokenize_captions(text_tokenizer, [n[v] for n in negatives], ids.shape[1]) for v in range(k)]
         batches = Batches(len(pixels), min(batch_size, len(pixels)), gen)
 
         def loss_of_step(step: int) -> torch.Tensor:
