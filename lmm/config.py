@@ -52,12 +52,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("lmm_world_dir", world_dir_name)
 
 
-def fingerprint(cfg: DictConfig, keys: list[str], drop_nulls: bool = False) -> str:
+def fingerprint(cfg: DictConfig, keys: list[str]) -> str:
     """A short hash of the resolved config at `keys`: two stages with equal fingerprints are the same computation.
-    With `drop_nulls` a key whose value is null counts as absent."""
-    picked = {k: to_plain(OmegaConf.select(cfg, k)) for k in keys}
-    if drop_nulls:
-        picked = _without_nulls(picked)
+    A key whose value is null counts as absent (a new option added with a null default changes no fingerprint)."""
+    picked = _without_nulls({k: to_plain(OmegaConf.select(cfg, k)) for k in keys})
     blob = json.dumps(picked, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

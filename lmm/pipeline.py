@@ -53,7 +53,7 @@ def align_fingerprint(cfg: DictConfig) -> str:
             node = OmegaConf.select(view, parent)
             if node is not None and leaf in node:
                 del node[leaf]
-    return fingerprint(view, ALIGN_KEYS, drop_nulls=True)
+    return fingerprint(view, ALIGN_KEYS)
 
 
 # ------------------------------------------------------------------------------------------------------ run folder

@@ -152,12 +152,10 @@ def _continued(init_from: str | Path, image_size: int) -> CLIPModel:
 def _loss_with_negatives(model: CLIPModel, pixel_values: torch.Tensor, texts: tuple[torch.Tensor, torch.Tensor],
                          negatives: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """CLIP's symmetric InfoNCE, each image ranked against the batch's captions plus their hard negatives."""
-    def unit(x: torch.Tensor) -> torch.Tensor:
-        return x / x.norm(dim=-1, keepdim=True)
-
-    image = unit(model.get_image_features(pixel_values=pixel_values).pooler_output)
-    text = unit(model.get_text_features(input_ids=texts[0], attention_mask=texts[1]).pooler_output)
-    wrong = unit(model.get_text_features(input_ids=negatives[0], attention_mask=negatives[1]).pooler_output)
+    unit = torch.nn.functional.normalize
+    image = unit(model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
+    text = unit(model.get_text_features(input_ids=texts[0], attention_mask=texts[1]).pooler_output, dim=-1)
+    wrong = unit(model.get_text_features(input_ids=negatives[0], attention_mask=negatives[1]).pooler_output, dim=-1)
     scale = model.logit_scale.exp()
     target = torch.arange(len(image))
     image_to_text = scale * image @ torch.cat([text, wrong]).T
