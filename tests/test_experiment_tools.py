@@ -80,3 +80,27 @@ def test_capacity_auc():
     assert auc(torch.tensor([0.9, 0.8, 0.1, 0.2]), torch.tensor([1, 1, 0, 0])) == 1.0
     assert auc(torch.tensor([0.1, 0.2, 0.9, 0.8]), torch.tensor([1, 1, 0, 0])) == 0.0
     assert auc(torch.tensor([0.5, 0.5]), torch.tensor([1, 0])) == 0.5
+
+
+def test_tower_features_are_what_the_connector_gets_and_the_probe_is_held_out(tmp_path):
+    """The features are the penultimate layer's patches (no CLS), as lmm's VisionEncoder hands them on; the probe
+    finds kinds in features that hold them and not in noise (scored on scenes it was not fitted on)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    script = _script("tower_features")
+    config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    CLIPVisionModel(config).save_pretrained(tmp_path)
+    encoder = script.tower(str(tmp_path))
+    rng = random.Random(0)
+    scenes = [sample_scene(rng, sign_rate=0.6) for _ in range(400)]
+    feats = script.features(encoder, scenes[:3])
+    assert feats.shape == (3, 16, 16)
+    pixels = script.normalize(script.crop_pixels([script.render(s) for s in scenes[:3]], 32))
+    hidden = encoder.tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+    assert torch.allclose(feats, hidden[-2][:, 1:])
+    kinds = torch.tensor([[float(s.count(k) > 0) for k in KINDS] for s in scenes])
+    told = kinds[:, None, :].expand(-1, 4, -1) + 0.1 * torch.randn(len(scenes), 4, len(KINDS))
+    assert script.probe(told, scenes, train=300, steps=300)["kinds_auc"] > 0.95
+    noise = torch.randn(len(scenes), 4, len(KINDS))
+    assert script.probe(noise, scenes, train=300, steps=300)["kinds_auc"] < 0.65
