@@ -19,7 +19,7 @@ from lmm.data.records import parse_record, record_problem, repair_record
 from lmm.data.sources.carve import SOURCES, classify
 from lmm.world import questions as Q
 from lmm.world.knowledge import FACTS, fact_sentences, split_facts
-from lmm.world.scenes import COLORS, KINDS, MARKS, SIZES, WORDS, Obj, Scene, box_text, render, sample_scene
+from lmm.world.scenes import COLORS, KINDS, SIZES, WORDS, Obj, Scene, box_text, sample_scene
 from lmm.world.sources import MIX_JSON, OKVQA_IDS, POOLS, PRETRAIN_JSON, Images, build_sources, pretraining_text
 
 SIZES_SMALL = {"lcs558k": 12, "llava_instruct": 12, "sharegpt": 6, "vqav2": 10, "okvqa": 8, "gqa": 10, "ocrvqa": 8,
@@ -202,39 +202,6 @@ def test_relations_and_counts_of_a_hand_built_scene():
     assert {a for q, a in rel.items() if q.startswith("Which is bigger")} == {"box"}
     same = _scene(("ball", "red", "small", (0.05, 0.4, 0.2, 0.55)), ("ball", "red", "small", (0.6, 0.4, 0.75, 0.55)))
     assert [Q.referring_expression(same, i) for i in (0, 1)] == ["the ball on the left", "the ball on the right"]
-
-
-def test_a_kind_carries_its_surface_mark_inside_its_outline_only():
-    """A tent (vertical stripes), a box (horizontal stripes) and a ball (no mark): each mark is drawn in the darker
-    shade of the object's colour, runs the way MARKS says, and stays inside the outline (the tent's corners keep the
-    background)."""
-    scene = _scene(("tent", "blue", "large", (0.05, 0.05, 0.45, 0.45)),
-                   ("box", "red", "large", (0.55, 0.05, 0.95, 0.45)),
-                   ("ball", "green", "large", (0.3, 0.55, 0.7, 0.95)))
-    assert (MARKS["tent"], MARKS["box"], MARKS["ball"]) == (90, 0, None)
-    img = render(scene)
-    px = img.load()
-
-    def shades(colour: str) -> tuple[tuple, tuple]:
-        return COLORS[colour], tuple(int(0.45 * c) for c in COLORS[colour])
-
-    def region(x1: int, y1: int, x2: int, y2: int) -> list[list[tuple]]:
-        return [[px[x, y] for x in range(x1, x2)] for y in range(y1, y2)]
-
-    blue, dark_blue = shades("blue")
-    tent = region(36, 62, 60, 82)  # the tent's lower middle: inside the triangle
-    assert {p for row in tent for p in row} == {blue, dark_blue}
-    columns = list(zip(*tent, strict=True))
-    assert all(len(set(row)) > 1 for row in tent) and all(len(set(c)) == 1 for c in columns)  # vertical stripes
-    white = (245, 245, 240)
-    assert px[12, 12] == white and px[82, 12] == white  # the corners of the tent's box, outside its outline
-    red, dark_red = shades("red")
-    box = region(115, 20, 175, 80)
-    assert {p for row in box for p in row} == {red, dark_red}
-    columns = list(zip(*box, strict=True))
-    assert all(len(set(row)) == 1 for row in box) and any(len(set(c)) > 1 for c in columns)  # horizontal stripes
-    ball = region(86, 136, 106, 156)
-    assert {p for row in ball for p in row} == {COLORS["green"]}
 
 
 def test_every_answer_agrees_with_the_ground_truth():

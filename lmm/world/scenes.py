@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from PIL import Image, ImageChops, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
           "purple": (140, 60, 190), "orange": (240, 130, 20), "brown": (130, 80, 40), "pink": (240, 120, 180)}
@@ -29,14 +29,6 @@ BACKGROUNDS = {"white": (245, 245, 240), "gray": (150, 150, 150), "black": (25, 
 # knowledge questions about the object (lmm.world.knowledge) need both the picture and the LLM.
 KINDS = ("ball", "box", "tent", "kite", "ring", "pill", "badge", "nut", "bucket", "bowl")
 SIZES = {"small": 0.09, "medium": 0.14, "large": 0.21}  # half-extent as a fraction of the image's shorter side
-# A kind's surface mark, drawn in a darker shade of its colour: stripes at an angle (degrees), dots, or none. Outline
-# and mark together tell a kind (kinds that share a mark differ in outline). A mark shows within one patch of the
-# vision tower, as a real object's texture does, where an outline spans several: a tiny ViT trained on CPU learns the
-# one far sooner than the other (experiments/world.md, sixth measurement).
-MARKS: dict[str, str | int | None] = {"ball": None, "box": 0, "tent": 90, "kite": 45, "ring": None, "pill": 135,
-                                      "badge": None, "nut": "dots", "bucket": 0, "bowl": 90}
-MARK_PERIOD = 0.04  # the least stripe period, as a fraction of the image's shorter side (a third of the object's width
-# otherwise), so that stripes survive the tower's downscaling
 CONTAINERS = ("box", "bucket", "bowl")  # kinds that can hold a small object inside them
 WORDS = ("OPEN", "STOP", "CAFE", "TAXI", "SALE", "PARK", "EXIT", "BANK", "HOTEL", "PIZZA", "BOOK", "MILK", "FISH",
          "GOLD", "LAMP", "SHOP")
@@ -44,7 +36,6 @@ PRINTS = {"large": 0.17, "small": 0.08}  # font size as a fraction of the image'
 CANVASES = ((192, 192), (240, 160), (160, 240), (256, 144))  # 1:1, 3:2, 2:3, 16:9
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
-Ink = int | tuple[int, int, int]
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2, normalised to [0, 1] by the image's width and height
 
 
@@ -229,71 +220,29 @@ def _outline(kind: str, b: tuple[float, float, float, float]) -> list[tuple[floa
     return None
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, b: tuple[float, float, float, float], fill: Ink,
-                hole: Ink) -> None:
-    """The kind's outline filled with `fill` inside pixel box b (a ring's hole in `hole`)."""
+def _draw_object(draw: ImageDraw.ImageDraw, o: Obj, w: int, h: int, background: tuple[int, int, int]) -> None:
+    b = (o.box[0] * w, o.box[1] * h, o.box[2] * w, o.box[3] * h)
+    fill = COLORS[o.colour]
     x1, y1, x2, y2 = b
-    poly = _outline(kind, b)
+    poly = _outline(o.kind, b)
     if poly is not None:
         draw.polygon(poly, fill=fill)
-    elif kind == "ball":
+    elif o.kind == "ball":
         draw.ellipse(b, fill=fill)
-    elif kind == "box":
+    elif o.kind == "box":
         draw.rectangle(b, fill=fill)
-    elif kind == "ring":
+    elif o.kind == "ring":
         draw.ellipse(b, fill=fill)
         rx, ry = 0.45 * (x2 - x1), 0.45 * (y2 - y1)
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        draw.ellipse((cx - rx / 1.6, cy - ry / 1.6, cx + rx / 1.6, cy + ry / 1.6), fill=hole)
-    elif kind == "pill":  # a capsule lying on its side
+        draw.ellipse((cx - rx / 1.6, cy - ry / 1.6, cx + rx / 1.6, cy + ry / 1.6), fill=background)
+    elif o.kind == "pill":  # a capsule lying on its side
         draw.rounded_rectangle((x1, y1 + 0.25 * (y2 - y1), x2, y2 - 0.25 * (y2 - y1)), radius=0.25 * (y2 - y1),
                                fill=fill)
-    elif kind == "bowl":  # the lower half of a disc
+    elif o.kind == "bowl":  # the lower half of a disc
         draw.pieslice((x1, y1 - 0.5 * (y2 - y1), x2, y2), 0, 180, fill=fill)
     else:
-        raise ValueError(f"unknown kind {kind!r}")
-
-
-def _mark_mask(mark: str | int, size: tuple[int, int], period: float) -> Image.Image:
-    """A mask of the surface mark over a canvas of `size`: stripes at `mark` degrees, or a grid of dots."""
-    w, h = size
-    mask = Image.new("L", size, 0)
-    draw = ImageDraw.Draw(mask)
-    if mark == "dots":
-        for y in range(int(h // period) + 1):
-            for x in range(int(w // period) + 1):
-                draw.ellipse(((x + 0.25) * period, (y + 0.25) * period, (x + 0.75) * period, (y + 0.75) * period),
-                             fill=255)
-        return mask
-    a = math.radians(float(mark))
-    dx, dy, r = math.cos(a), math.sin(a), math.hypot(w, h)  # along the stripes; r covers the canvas
-    nx, ny = -dy, dx  # across them
-    t = -r
-    while t < r:
-        px, py = w / 2 + nx * t, h / 2 + ny * t
-        half = period / 2
-        draw.polygon([(px - dx * r, py - dy * r), (px + dx * r, py + dy * r),
-                      (px + dx * r + nx * half, py + dy * r + ny * half),
-                      (px - dx * r + nx * half, py - dy * r + ny * half)], fill=255)
-        t += period
-    return mask
-
-
-def _draw_object(img: Image.Image, o: Obj, background: tuple[int, int, int]) -> None:
-    """The object in its colour, then its kind's surface mark (MARKS) in a darker shade, inside its outline only."""
-    w, h = img.size
-    b = (o.box[0] * w, o.box[1] * h, o.box[2] * w, o.box[3] * h)
-    _draw_shape(ImageDraw.Draw(img), o.kind, b, COLORS[o.colour], background)
-    mark = MARKS[o.kind]
-    if mark is None:
-        return
-    left, top = math.floor(b[0]), math.floor(b[1])
-    size = (math.ceil(b[2]) - left + 1, math.ceil(b[3]) - top + 1)
-    shape = Image.new("L", size, 0)
-    _draw_shape(ImageDraw.Draw(shape), o.kind, (b[0] - left, b[1] - top, b[2] - left, b[3] - top), 255, 0)
-    period = max(MARK_PERIOD * min(w, h), (b[2] - b[0]) / 3)
-    stripes = ImageChops.multiply(shape, _mark_mask(mark, size, period))
-    img.paste(tuple(int(0.45 * c) for c in COLORS[o.colour]), (left, top, left + size[0], top + size[1]), stripes)
+        raise ValueError(f"unknown kind {o.kind!r}")
 
 
 def render(scene: Scene) -> Image.Image:
@@ -315,9 +264,9 @@ def render(scene: Scene) -> Image.Image:
     inner = set(scene.inside)
     for i, o in enumerate(scene.objects):
         if i not in inner:
-            _draw_object(img, o, background)
+            _draw_object(draw, o, w, h, background)
     for i in sorted(inner):
-        _draw_object(img, scene.objects[i], background)
+        _draw_object(draw, scene.objects[i], w, h, background)
     return img
 
 
