@@ -20,6 +20,7 @@ import time
 
 import torch
 from torch import nn
+from torchmetrics.functional.classification import binary_auroc
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from lmm.world.scenes import KINDS, WORDS, render, sample_scene
@@ -53,12 +54,8 @@ class PooledViT(nn.Module):
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Probability that a positive scores above a negative (ties count half)."""
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    diff = pos[:, None] - neg[None, :]
-    return float((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean())
+    """Probability that a positive scores above a negative (ties count half): torchmetrics' binary AUROC."""
+    return float(binary_auroc(scores, labels.long()))
 
 
 def main() -> None:
