@@ -174,3 +174,23 @@ def test_variants_run(tmp_path, cache, variant):
     expected = {"model/connector=qformer_lite": 32, "model/connector=linear": 64, "input=res336": 144,
                 "model/encoder=siglip": 64, "logger=none": 64, "data=mix1_vqav2": 64}[variant[0]]
     assert tokens == expected
+
+
+def test_a_moved_stage_folder_is_reused_from_where_it_is(tmp_path):
+    """stage.json records absolute paths; a stage folder moved or copied (a clone, another disk or machine) must
+    hand the next stage its own files, not the paths it was trained at (found when a reused align stage pointed
+    into a deleted clone)."""
+    from lmm.train.stage import read_summary
+
+    old = "/elsewhere/outputs/stages/align-abc"
+    here = tmp_path / "stages" / "align-abc"
+    here.mkdir(parents=True)
+    (here / "stage.json").write_text(json.dumps({
+        "stage": "align", "dir": old, "connector": f"{old}/connector.safetensors", "model": None,
+        "resumed_from": f"{old}/checkpoints/last.ckpt", "note": f"{old}-other/connector.safetensors",
+        "global_step": 7}))
+    summary = read_summary(here)
+    assert summary["dir"] == str(here) and summary["connector"] == str(here / "connector.safetensors")
+    assert summary["resumed_from"] == str(here / "checkpoints" / "last.ckpt")
+    assert summary["note"] == f"{old}-other/connector.safetensors"  # another folder that shares the prefix: kept
+    assert summary["model"] is None and summary["global_step"] == 7

@@ -92,7 +92,7 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
     done = stage_dir / "stage.json"
     if done.exists():
         log.info(f"{name}: already trained in {stage_dir}, reusing it")
-        return json.loads(done.read_text())
+        return read_summary(stage_dir)
     check_training_memory(cfg, name, log.info)  # from the configs, before the weights load: a run that cannot fit stops
     tokenizer = instantiate(cfg.model.tokenizer)
     model = build_model(cfg, name)
@@ -141,7 +141,23 @@ def train_stage(cfg: DictConfig, name: str, stage_dir: Path, run_dir: Path, init
         if cfg.get("wandb_artifacts"):
             log_stage_artifact(loggers, run_dir, stage_dir, name)
     trainer.strategy.barrier()
-    return json.loads(done.read_text())
+    return read_summary(stage_dir)
+
+
+def read_summary(stage_dir: Path) -> dict:
+    """A finished stage's stage.json, its paths (written absolute) re-rooted at `stage_dir`: an outputs folder moved
+    or copied (another disk, a clone, another machine) is reused from where it is, not from where it was trained."""
+    summary = json.loads((stage_dir / "stage.json").read_text())
+    old = summary.get("dir")
+    if not old or Path(old) == stage_dir:
+        return summary
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+            return str(stage_dir) + value[len(old):]
+        return value
+
+    return {k: moved(v) for k, v in summary.items()}
 
 
 def save_stage_outputs(module: LlavaLitModule, stage_dir: Path, tokenizer: Any, cfg: DictConfig, name: str,
