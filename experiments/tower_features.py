@@ -9,6 +9,7 @@ the same architecture and random weights (`random`) is the floor: pretraining sh
 
     python experiments/tower_features.py .cache/lmm/worlds/tiny-<hash>/clip-tiny-res224
     python experiments/tower_features.py <clip folder> --random          # the same architecture, untrained
+    python experiments/tower_features.py <clip folder> --layer -3        # another layer (LLaVA's select_layer)
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from lmm.world.scenes import KINDS, WORDS, Scene, render, sample_scene
 from lmm.world.zoo_clip import crop_pixels, normalize
 
 
-def tower(folder: str, untrained: bool = False, seed: int = 0) -> VisionEncoder:
-    """The tower as LLaVA loads it (penultimate layer, patches only); `untrained`: its architecture, fresh weights."""
+def tower(folder: str, untrained: bool = False, seed: int = 0, layer: int = -2) -> VisionEncoder:
+    """The tower as LLaVA loads it (`layer`: the penultimate by default, patches only); `untrained`: its
+    architecture, fresh weights."""
     if not untrained:
-        return VisionEncoder.from_pretrained(folder)
+        return VisionEncoder.from_pretrained(folder, select_layer=layer)
     torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(folder)
-    return VisionEncoder(CLIPVisionModel(getattr(config, "vision_config", config)))
+    return VisionEncoder(CLIPVisionModel(getattr(config, "vision_config", config)), select_layer=layer)
 
 
 @torch.no_grad()
@@ -77,14 +79,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", help="a CLIP (or CLIP vision) folder in the Hugging Face format")
     ap.add_argument("--random", action="store_true", help="the same architecture with fresh weights (the floor)")
+    ap.add_argument("--layer", type=int, default=-2, help="the hidden state the connector is handed (LLaVA: -2)")
     ap.add_argument("--scenes", type=int, default=6000)
     ap.add_argument("--heldout", type=int, default=1000)
     args = ap.parse_args()
     rng = random.Random("tower-features")
     scenes = [sample_scene(rng, sign_rate=0.6) for _ in range(args.scenes)]
-    encoder = tower(args.folder, args.random)
+    encoder = tower(args.folder, args.random, layer=args.layer)
     figures = probe(features(encoder, scenes), scenes, train=args.scenes - args.heldout)
-    label = f"{args.folder}{' (random weights)' if args.random else ''}"
+    label = f"{args.folder}{' (random weights)' if args.random else ''}, layer {args.layer}"
     print(f"{label}: kinds present, mean AUC {figures['kinds_auc']:.3f} (0.5 = none); sign word "
           f"{100 * figures['word_large']:.1f}% large print, {100 * figures['word_small']:.1f}% small "
           f"(chance {100 / len(WORDS):.1f}%)")

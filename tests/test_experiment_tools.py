@@ -99,6 +99,8 @@ def test_tower_features_are_what_the_connector_gets_and_the_probe_is_held_out(tm
     pixels = script.normalize(script.crop_pixels([script.render(s) for s in scenes[:3]], 32))
     hidden = encoder.tower(pixel_values=pixels, output_hidden_states=True).hidden_states
     assert torch.allclose(feats, hidden[-2][:, 1:])
+    first = script.features(script.tower(str(tmp_path), layer=1), scenes[:3])  # --layer: another hidden state
+    assert torch.allclose(first, hidden[1][:, 1:]) and not torch.allclose(first, feats)
     kinds = torch.tensor([[float(s.count(k) > 0) for k in KINDS] for s in scenes])
     told = kinds[:, None, :].expand(-1, 4, -1) + 0.1 * torch.randn(len(scenes), 4, len(KINDS))
     assert script.probe(told, scenes, train=300, steps=300)["kinds_auc"] > 0.95
