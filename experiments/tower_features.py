@@ -38,11 +38,13 @@ def tower(folder: str, untrained: bool = False, seed: int = 0, layer: int = -2) 
 
 
 @torch.no_grad()
-def features(encoder: VisionEncoder, scenes: list[Scene], batch: int = 500) -> torch.Tensor:
-    """[N, patches, hidden]: what the connector is handed for each scene (CLIP's centre crop at the tower's size)."""
+def features(encoder: VisionEncoder, scenes: list[Scene], batch: int = 500, aspect: str = "pad") -> torch.Tensor:
+    """[N, patches, hidden]: what the connector is handed for each scene at the tower's size: LLaVA-1.5 pads each image
+    to a square first (`aspect` "pad", the tiny preset's image_aspect); "crop" is CLIP's own centre crop, which cuts
+    away the sides of the world's wide and tall scenes, and the objects there."""
     out = []
     for i in range(0, len(scenes), batch):
-        pixels = normalize(crop_pixels([render(s) for s in scenes[i:i + batch]], encoder.image_size))
+        pixels = normalize(crop_pixels([render(s) for s in scenes[i:i + batch]], encoder.image_size, aspect))
         out.append(encoder(pixels).float())
     return torch.cat(out)
 
@@ -80,14 +82,16 @@ def main() -> None:
     ap.add_argument("folder", help="a CLIP (or CLIP vision) folder in the Hugging Face format")
     ap.add_argument("--random", action="store_true", help="the same architecture with fresh weights (the floor)")
     ap.add_argument("--layer", type=int, default=-2, help="the hidden state the connector is handed (LLaVA: -2)")
+    ap.add_argument("--aspect", choices=("pad", "crop"), default="pad",
+                    help="pad: LLaVA-1.5's square padding (what the connector gets); crop: CLIP's centre crop")
     ap.add_argument("--scenes", type=int, default=6000)
     ap.add_argument("--heldout", type=int, default=1000)
     args = ap.parse_args()
     rng = random.Random("tower-features")
     scenes = [sample_scene(rng, sign_rate=0.6) for _ in range(args.scenes)]
     encoder = tower(args.folder, args.random, layer=args.layer)
-    figures = probe(features(encoder, scenes), scenes, train=args.scenes - args.heldout)
-    label = f"{args.folder}{' (random weights)' if args.random else ''}, layer {args.layer}"
+    figures = probe(features(encoder, scenes, aspect=args.aspect), scenes, train=args.scenes - args.heldout)
+    label = f"{args.folder}{' (random weights)' if args.random else ''}, layer {args.layer}, {args.aspect}"
     print(f"{label}: kinds present, mean AUC {figures['kinds_auc']:.3f} (0.5 = none); sign word "
           f"{100 * figures['word_large']:.1f}% large print, {100 * figures['word_small']:.1f}% small "
           f"(chance {100 / len(WORDS):.1f}%)")

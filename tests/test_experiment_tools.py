@@ -83,7 +83,8 @@ def test_capacity_auc():
 
 
 def test_tower_features_are_what_the_connector_gets_and_the_probe_is_held_out(tmp_path):
-    """The features are the penultimate layer's patches (no CLS), as lmm's VisionEncoder hands them on; the probe
+    """The features are the penultimate layer's patches (no CLS) of the padded image, as lmm's VisionEncoder hands
+    them on under LLaVA-1.5's padding (not CLIP's centre crop, which cuts the sides of wide scenes away); the probe
     finds kinds in features that hold them and not in noise (scored on scenes it was not fitted on)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -96,7 +97,8 @@ def test_tower_features_are_what_the_connector_gets_and_the_probe_is_held_out(tm
     scenes = [sample_scene(rng, sign_rate=0.6) for _ in range(400)]
     feats = script.features(encoder, scenes[:3])
     assert feats.shape == (3, 16, 16)
-    pixels = script.normalize(script.crop_pixels([script.render(s) for s in scenes[:3]], 32))
+    assert any(len(set(script.render(s).size)) == 2 for s in scenes[:3])  # a wide or tall scene: pad != crop
+    pixels = script.normalize(script.crop_pixels([script.render(s) for s in scenes[:3]], 32, "pad"))  # LLaVA-1.5's
     hidden = encoder.tower(pixel_values=pixels, output_hidden_states=True).hidden_states
     assert torch.allclose(feats, hidden[-2][:, 1:])
     first = script.features(script.tower(str(tmp_path), layer=1), scenes[:3])  # --layer: another hidden state
