@@ -108,3 +108,27 @@ def test_tower_features_are_what_the_connector_gets_and_the_probe_is_held_out(tm
     assert script.probe(told, scenes, train=300, steps=300)["kinds_auc"] > 0.95
     noise = torch.randn(len(scenes), 4, len(KINDS))
     assert script.probe(noise, scenes, train=300, steps=300)["kinds_auc"] < 0.65
+
+
+def test_tower_oracle_tells_the_vision_tower_up_to_its_layer_and_keeps_the_rest(tmp_path):
+    """Only the vision tower learns, and only up to the layer its head reads (the layer the connector is handed):
+    the last layer, the text tower and the projections are saved as they were; the result loads as LLaVA's tower."""
+    from transformers import CLIPModel
+
+    from lmm.model.encoder import VisionEncoder
+    from lmm.world.zoo_clip import clip_config
+
+    torch.manual_seed(0)
+    CLIPModel(clip_config(40, 39, 0, 1, image_size=16, patch_size=8, hidden_size=16, num_layers=3,
+                          text_hidden_size=16, text_layers=1, max_text_len=16, projection_dim=16)).save_pretrained(
+        tmp_path / "clip")
+    result = _script("tower_oracle").tell_kinds(tmp_path / "clip", tmp_path / "told", scenes=64, steps=3,
+                                                batch_size=16, progress=False)
+    assert result["steps"] == 3 and result["final_loss"] is not None
+    before = CLIPModel.from_pretrained(tmp_path / "clip").state_dict()
+    after = CLIPModel.from_pretrained(tmp_path / "told").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("vision_model.encoder.layers.0.") for k in changed)
+    assert all(k.startswith("vision_model.") and ".layers.2." not in k and "post_layernorm" not in k
+               for k in changed), changed
+    assert VisionEncoder.from_pretrained(str(tmp_path / "told")).num_patches == 4

@@ -365,3 +365,64 @@ def test_clip_pretrains_with_hard_negatives(tmp_path, tok):
     with pytest.raises(ValueError, match="negatives for 16 captions"):
         pretrain_clip(tmp_path / "bad", IMAGES, CAPTIONS, tok, image_size=16, steps=1, negatives=negatives[:3],
                       **SMALL_CLIP)
+
+
+def _small_clip(tok) -> CLIPModel:
+    torch.manual_seed(0)
+    return CLIPModel(zoo_clip.clip_config(len(tok) + 1, len(tok), tok.pad_token_id, tok.bos_token_id, image_size=16,
+                                          patch_size=8, hidden_size=16, num_layers=2, text_hidden_size=16,
+                                          text_layers=1, max_text_len=32, projection_dim=16))
+
+
+def test_caption_word_targets_hold_each_captions_words_and_no_special_token(tok):
+    text_tok = zoo_clip.clip_text_tokenizer(tok)
+    ids, lengths = tokenize_captions(text_tok, ["a red square", "a blue circle on a black background"], 16)
+    special = (text_tok.bos_token_id, text_tok.eos_token_id)
+    targets = zoo_clip.caption_word_targets(ids, lengths, len(text_tok), special)
+    square, circle = text_tok.convert_tokens_to_ids(["▁square", "▁circle"])
+    assert targets[0, square] == 1 and targets[0, circle] == 0 and targets[1, circle] == 1
+    assert targets[:, list(special)].sum() == 0 and targets[:, text_tok.pad_token_id].sum() == 0  # pad: not a word
+    for i, n in enumerate(lengths.tolist()):
+        assert targets[i].sum() == len(set(ids[i, :n].tolist()) - set(special))
+
+
+def test_caption_words_read_the_patches_of_their_layer():
+    torch.manual_seed(0)
+    head = zoo_clip.CaptionWords(hidden_size=8, vocab_size=5, layer=-2)
+    states = [torch.randn(2, 5, 8) for _ in range(4)]
+    out = head(states)
+    moved = [s.clone() for s in states]
+    moved[-2][:, 0] = 100 * torch.randn(2, 8)  # the class token
+    moved[-1] = 100 * torch.randn(2, 5, 8)  # another layer
+    assert torch.equal(head(moved), out)
+    moved[-2][:, 1:] = torch.randn(2, 4, 8)  # the patches of its layer
+    assert not torch.equal(head(moved), out)
+
+
+def test_caption_word_loss_is_clips_plus_a_word_term_summed_over_the_vocabulary(tok):
+    """Checked against transformers' own CLIP loss: weight 0 gives it exactly; a head that scores every word 0 adds
+    ln 2 per vocabulary entry (a mean over the vocabulary would add ln 2 once)."""
+    model, text_tok = _small_clip(tok), zoo_clip.clip_text_tokenizer(tok)
+    pixels = normalize(crop_pixels(IMAGES[:6], 16))
+    ids, lengths = tokenize_captions(text_tok, CAPTIONS[:6], 32)
+    texts = zoo_clip._text_batch(ids, lengths, torch.arange(6))
+    plain = model(input_ids=texts[0], attention_mask=texts[1], pixel_values=pixels, return_loss=True).loss
+    words = zoo_clip.CaptionWords(16, len(text_tok))
+    torch.nn.init.zeros_(words.score.weight)
+    torch.nn.init.zeros_(words.score.bias)
+    targets = zoo_clip.caption_word_targets(ids, lengths, len(text_tok), (tok.bos_token_id,))
+    assert torch.allclose(zoo_clip._loss_with_words(model, words, 0.0, pixels, texts, targets), plain, atol=1e-5)
+    with_words = zoo_clip._loss_with_words(model, words, 0.5, pixels, texts, targets)
+    assert torch.allclose(with_words, plain + 0.5 * len(text_tok) * math.log(2), atol=1e-3)
+
+
+def test_clip_pretrains_with_caption_words_and_saves_a_plain_clip(tmp_path, tok):
+    out = pretrain_clip(tmp_path / "words", IMAGES, CAPTIONS, tok, image_size=16, steps=5, caption_words=1.0,
+                        **SMALL_CLIP)
+    plain = pretrain_clip(tmp_path / "plain", IMAGES, CAPTIONS, tok, image_size=16, steps=5, **SMALL_CLIP)
+    assert out["first_loss"] > plain["first_loss"] and _bytes(tmp_path / "words") != _bytes(tmp_path / "plain")
+    saved = CLIPModel.from_pretrained(tmp_path / "words")  # the head is not saved: the checkpoint is a CLIP
+    assert set(saved.state_dict()) == set(CLIPModel.from_pretrained(tmp_path / "plain").state_dict())
+    with pytest.raises(ValueError, match="separate recipes"):
+        pretrain_clip(tmp_path / "both", IMAGES, CAPTIONS, tok, image_size=16, steps=1, caption_words=1.0,
+                      negatives=[[c] for c in CAPTIONS], **SMALL_CLIP)

@@ -164,6 +164,50 @@ def _loss_with_negatives(model: CLIPModel, pixel_values: torch.Tensor, texts: tu
             + torch.nn.functional.cross_entropy(text_to_image, target)) / 2
 
 
+class CaptionWords(torch.nn.Module):
+    """Which of the caption's words are in the image, read off each patch of the vision tower's `layer` hidden state
+    (a linear score per vocabulary token, max over patches): an auxiliary image-text objective beside InfoNCE. Why:
+    a batch of random scenes is told apart by colour alone, so the contrastive loss stops asking for kinds once
+    colours are learned; a per-word loss keeps asking for every word the caption holds, and asks it of the patches,
+    which are what LLaVA's connector is handed. The head is dropped after pretraining; the checkpoint is a CLIP."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, layer: int = -2) -> None:
+        super().__init__()
+        self.layer = layer
+        self.norm = torch.nn.LayerNorm(hidden_size)
+        self.score = torch.nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.score(self.norm(hidden_states[self.layer][:, 1:])).amax(dim=1)
+
+
+def caption_word_targets(ids: torch.Tensor, lengths: torch.Tensor, vocab_size: int,
+                         special: Sequence[int]) -> torch.Tensor:
+    """[N, vocab] multi-hot of the token ids each caption holds, its special tokens (BOS, <|endoftext|>) left out."""
+    targets = torch.zeros(len(ids), vocab_size)
+    for i, n in enumerate(lengths.tolist()):
+        targets[i, ids[i, :n]] = 1.0
+    targets[:, list(special)] = 0.0
+    return targets
+
+
+def _loss_with_words(model: CLIPModel, words: CaptionWords, weight: float, pixel_values: torch.Tensor,
+                     texts: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE plus `weight` x the caption-word loss: binary cross-entropy summed over the vocabulary
+    (a mean would shrink each word's gradient by the vocabulary size), averaged over the batch."""
+    vision = model.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+    image = model.visual_projection(vision.pooler_output)
+    text = model.get_text_features(input_ids=texts[0], attention_mask=texts[1]).pooler_output
+    unit = torch.nn.functional.normalize
+    logits = model.logit_scale.exp() * unit(image, dim=-1) @ unit(text, dim=-1).T
+    target = torch.arange(len(image))
+    contrastive = (torch.nn.functional.cross_entropy(logits, target)
+                   + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+    per_word = torch.nn.functional.binary_cross_entropy_with_logits(words(vision.hidden_states), targets,
+                                                                    reduction="none")
+    return contrastive + weight * per_word.sum(dim=1).mean()
+
+
 @torch.no_grad()
 def _embed(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
            batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +244,8 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
                   steps: int = 400, batch_size: int = 128, lr: float = 2e-3, warmup: int | None = None,
                   weight_decay: float = 0.1, seed: int = 0, init_from: str | Path | None = None,
                   heldout: tuple[Sequence[Image.Image], Sequence[str]] | None = None, pool: int = 100,
-                  aspect: str = "crop", negatives: Sequence[Sequence[str]] | None = None, bf16: bool = False,
+                  aspect: str = "crop", negatives: Sequence[Sequence[str]] | None = None, caption_words: float = 0.0,
+                  bf16: bool = False,
                   progress: bool = True, name: str | None = None) -> dict:
     """Pretrain a full CLIPModel contrastively on (image, caption) pairs and save it to `out_dir` as a full CLIP
     checkpoint with its image-processor config and its text tower's tokenizer (clip_text_tokenizer).
@@ -210,7 +255,9 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
     then each step indexes the cached pixels; each epoch visits the pairs in a new seeded order. With `negatives`
     (for each pair, captions that are wrong for its image: lmm.world.questions.contrast_caption) each step adds one
     of each batch image's negatives, drawn at random, to the captions its image is ranked against (image -> text
-    only, as NegCLIP): a batch of random scenes is told apart by colours alone, these are not.
+    only, as NegCLIP): a batch of random scenes is told apart by colours alone, these are not. `caption_words` > 0
+    adds that weight x a caption-word loss (CaptionWords: which of its caption's words each image holds, read off
+    its patches); the head is dropped after training. One or the other, not both.
 
     From scratch (`init_from` None): vision ViT of `hidden_size` (64) x `num_layers` (3), patches of `patch_size`;
     text tower of `text_hidden_size` / `text_layers` (the vision's by default), `max_text_len` positions. With
@@ -253,10 +300,21 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
                                           projection_dim=projection_dim or hidden_size))
         neg = [tokenize_captions(text_tokenizer, [n[v] for n in negatives], ids.shape[1]) for v in range(k)]
         batches = Batches(len(pixels), min(batch_size, len(pixels)), gen)
+        if caption_words and neg:
+            raise ValueError("caption_words and hard negatives are separate recipes: give one of them")
+        trained: torch.nn.Module = model
+        if caption_words:
+            words = CaptionWords(model.config.vision_config.hidden_size, len(text_tokenizer))
+            targets = caption_word_targets(ids, lengths, len(text_tokenizer),
+                                           (text_tokenizer.bos_token_id, text_tokenizer.eos_token_id))
+            trained = torch.nn.ModuleDict({"clip": model, "words": words})
 
         def loss_of_step(step: int) -> torch.Tensor:
             idx = batches.next()
             input_ids, mask = _text_batch(ids, lengths, idx)
+            if caption_words:
+                return _loss_with_words(model, words, caption_words, normalize(pixels[idx]), (input_ids, mask),
+                                        targets[idx])
             if not neg:
                 return model(input_ids=input_ids, pixel_values=normalize(pixels[idx]), attention_mask=mask,
                              return_loss=True).loss
@@ -268,7 +326,7 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
             with torch.no_grad():
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
-        losses = train_steps(model, loss_of_step, steps=steps, lr=lr, weight_decay=weight_decay, bf16=bf16,
+        losses = train_steps(trained, loss_of_step, steps=steps, lr=lr, weight_decay=weight_decay, bf16=bf16,
                              warmup=warmup if warmup is not None else max(1, steps // 10), desc=name,
                              progress=progress, no_decay=("embedding", "logit_scale"), after_step=clamp_scale)
         top1 = None
