@@ -59,8 +59,8 @@ def tell_kinds(clip: str | Path, out: str | Path, *, scenes: int = 20000, steps:
     with quiet_hf():
         model.save_pretrained(out)
     result = {"steps": steps, "first_loss": losses[0] if losses else None, "final_loss": final_loss(losses)}
-    log.info(f"tower oracle: {steps} steps on {scenes} scenes, kinds loss {result['first_loss']} -> "
-             f"{result['final_loss']}; saved {out}")
+    log.info(f"tower oracle: {steps} steps on {scenes} scenes, kinds loss {result['first_loss'] or float('nan'):.3f}"
+             f" -> {result['final_loss'] or float('nan'):.3f}; saved {out}")
     return result
 
 
