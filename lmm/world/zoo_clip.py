@@ -245,8 +245,7 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
                   weight_decay: float = 0.1, seed: int = 0, init_from: str | Path | None = None,
                   heldout: tuple[Sequence[Image.Image], Sequence[str]] | None = None, pool: int = 100,
                   aspect: str = "crop", negatives: Sequence[Sequence[str]] | None = None, caption_words: float = 0.0,
-                  bf16: bool = False,
-                  progress: bool = True, name: str | None = None) -> dict:
+                  bf16: bool = False, progress: bool = True, name: str | None = None) -> dict:
     """Pretrain a full CLIPModel contrastively on (image, caption) pairs and save it to `out_dir` as a full CLIP
     checkpoint with its image-processor config and its text tower's tokenizer (clip_text_tokenizer).
 
