@@ -193,19 +193,13 @@ def caption_word_targets(ids: torch.Tensor, lengths: torch.Tensor, vocab_size: i
 
 def _loss_with_words(model: CLIPModel, words: CaptionWords, weight: float, pixel_values: torch.Tensor,
                      texts: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE plus `weight` x the caption-word loss: binary cross-entropy summed over the vocabulary
-    (a mean would shrink each word's gradient by the vocabulary size), averaged over the batch."""
-    vision = model.vision_model(pixel_values=pixel_values, output_hidden_states=True)
-    image = model.visual_projection(vision.pooler_output)
-    text = model.get_text_features(input_ids=texts[0], attention_mask=texts[1]).pooler_output
-    unit = torch.nn.functional.normalize
-    logits = model.logit_scale.exp() * unit(image, dim=-1) @ unit(text, dim=-1).T
-    target = torch.arange(len(image))
-    contrastive = (torch.nn.functional.cross_entropy(logits, target)
-                   + torch.nn.functional.cross_entropy(logits.T, target)) / 2
-    per_word = torch.nn.functional.binary_cross_entropy_with_logits(words(vision.hidden_states), targets,
-                                                                    reduction="none")
-    return contrastive + weight * per_word.sum(dim=1).mean()
+    """CLIP's own loss plus `weight` x the caption-word loss: binary cross-entropy summed over the vocabulary (a mean
+    would shrink each word's gradient by the vocabulary size), averaged over the batch."""
+    out = model(input_ids=texts[0], attention_mask=texts[1], pixel_values=pixel_values, return_loss=True,
+                output_hidden_states=True)
+    per_word = torch.nn.functional.binary_cross_entropy_with_logits(words(out.vision_model_output.hidden_states),
+                                                                    targets, reduction="none")
+    return out.loss + weight * per_word.sum(dim=1).mean()
 
 
 @torch.no_grad()
