@@ -132,3 +132,26 @@ def test_tower_oracle_tells_the_vision_tower_up_to_its_layer_and_keeps_the_rest(
     assert all(k.startswith("vision_model.") and ".layers.2." not in k and "post_layernorm" not in k
                for k in changed), changed
     assert VisionEncoder.from_pretrained(str(tmp_path / "told")).num_patches == 4
+
+
+def test_lm_in_context_scores_reading_the_description_and_not_a_prior():
+    """An LM that reads the description before the question scores 1 on both figures; one that always says "No,
+    there is no ball" scores 0.5 on existence and copies only when a ball is asked about; each prompt asks about a
+    kind its description names exactly when it is marked present."""
+    script = _script("lm_in_context")
+    items = script.probes(40)
+    assert len(items) == 80 and sum(there for _, _, there in items) == 40
+    for prompt, kind, there in items:
+        description, question = prompt.rsplit(" Is there", 1)
+        assert kind in question and (kind in description.replace(".", " ").split()) == there, (prompt, kind, there)
+
+    def reader(prompt: str) -> str:
+        description, question = prompt.rsplit(" Is there", 1)
+        kind = question.split()[1]
+        return (f"Yes, there is a red {kind} in the image." if kind in description.replace(".", " ").split()
+                else f"No, there is no {kind} in the image.")
+
+    assert script.in_context_figures(reader, items) == {"copy": 1.0, "existence": 1.0, "yes": 0.5, "n": 80}
+    prior = script.in_context_figures(lambda p: "No, there is no ball in the image.", items)
+    assert prior["existence"] == 0.5 and prior["yes"] == 0.0
+    assert prior["copy"] == sum(kind == "ball" for _, kind, _ in items) / 80 < 0.5

@@ -444,3 +444,30 @@ def test_hard_negatives_for_the_clip_build_are_seeded_and_optional():
     negs = hard_negatives(captions, 3, seed=0)
     assert [len(n) for n in negs] == [3, 3] and all(c not in n for c, n in zip(captions, negs, strict=True))
     assert negs == hard_negatives(captions, 3, seed=0) != hard_negatives(captions, 3, seed=1)
+
+
+def test_existence_in_conversations_is_asked_both_ways_and_answered_truly():
+    """LLaVA-Instruct's "Is there a ...?" is asked about present and absent kinds alike (asked only about absent ones,
+    it taught every model "no" as a prior), and each answer is the scene's: "Yes" with the right count and, for one
+    object, its colour; "No" only for a kind the scene lacks."""
+    from lmm.world.dialogue import conversation, existence
+
+    answers = []
+    for s in range(400):
+        rng = random.Random(s)
+        scene = sample_scene(rng)
+        q, a = existence(scene, rng)
+        truth = oracle(scene, q)
+        assert a.startswith("Yes, ") == (truth == "yes") and a.startswith("No, ") == (truth == "no"), (q, a, scene)
+        kind = re.fullmatch(r"Is there an? (\w+) in the image\?", q)[1]
+        n = scene.count(kind)
+        if n == 1:
+            name = next(o.name for o in scene.objects if o.kind == kind)
+            assert a == f"Yes, there is {Q.article(name)} in the image."
+        elif n > 1:
+            assert a == f"Yes, there are {Q.count_word(n)} {Q.plural(kind, n)} in the image."
+        answers.append(truth)
+    assert 0.4 < answers.count("yes") / len(answers) < 0.6
+    chats = [a for s in range(200) for q, a in conversation(sample_scene(random.Random(s)), random.Random(s), TRAIN)
+             if q.startswith("Is there")]
+    assert any(a.startswith("Yes") for a in chats) and any(a.startswith("No") for a in chats)
