@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from lmm.world.questions import detailed_description
+from lmm.world.questions import article, detailed_description
 from lmm.world.scenes import KINDS, sample_scene
 
 Ask = Callable[[str], str]  # prompt -> the LM's answer
@@ -39,7 +39,7 @@ def probes(scenes: int, seed: int = 0) -> list[tuple[str, str, bool]]:
             continue
         text = detailed_description(scene)
         for kind, there in ((rng.choice(present), True), (rng.choice(absent), False)):
-            out.append((f"{text} Is there {'an' if kind[0] in 'aeiou' else 'a'} {kind} in the image?", kind, there))
+            out.append((f"{text} Is there {article(kind)} in the image?", kind, there))
     return out
 
 
