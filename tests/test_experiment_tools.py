@@ -155,3 +155,54 @@ def test_lm_in_context_scores_reading_the_description_and_not_a_prior():
     prior = script.in_context_figures(lambda p: "No, there is no ball in the image.", items)
     assert prior["existence"] == 0.5 and prior["yes"] == 0.0
     assert prior["copy"] == sum(kind == "ball" for _, kind, _ in items) / 80 < 0.5
+
+
+def test_lm_reading_documents_batches_and_existence_figures(tiny_world):
+    """Reading documents ask about their own scene and label every token (pretraining) or only the answers (LLaVA's
+    instruct masking); the figures score a model that reads the description 1.0 and one that ignores it 0.5."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import world_root
+
+    script = _script("lm_reading")
+    tok = AutoTokenizer.from_pretrained(world_root(tiny_world) / "llama-tiny")
+    ids, labels = script.reading_document(tok, random.Random(3), 4, "all")
+    assert labels == ids and ids[0] == tok.bos_token_id
+    ids2, labels2 = script.reading_document(tok, random.Random(3), 4, "answers")
+    assert ids2 == ids
+    supervised = tok.decode([t for t, y in zip(ids2, labels2, strict=True) if y != script.IGNORE])
+    text = tok.decode(ids2, skip_special_tokens=True)
+    answers = [a for a in text.split("? ")[1:]]
+    assert supervised.split() == " ".join(a.split(" Is there")[0] for a in answers).split()
+    assert all(a.startswith(("Yes", "No")) for a in answers) and len(answers) == 4
+    description = text.split(" Is there")[0].replace(".", " ").split()
+    for question in text.split(" Is there")[1:]:  # about its own scene: "Yes" exactly when the description names it
+        kind, answer = question.split()[1], question.split("? ")[1]
+        assert answer.startswith("Yes") == (kind in description), (kind, answer, description)
+
+    rows = next(script.batches(tok, reading=1.0, questions=2, loss="all", batch_size=3, seq_len=64))
+    assert rows[0].shape == (3, 64) and (rows[0][:, 0] == tok.bos_token_id).all()
+    world_only = next(script.batches(tok, reading=0.0, questions=2, loss="all", batch_size=8, seq_len=256))
+    texts = [tok.decode(r, skip_special_tokens=True) for r in world_only[0]]
+    assert not any(t.startswith("The image shows") and ("? Yes" in t or "? No" in t) for t in texts)
+
+    probes = script.existence_probes(tok, 30)
+    yes, no = tok.convert_tokens_to_ids("▁Yes"), tok.convert_tokens_to_ids("▁No")
+
+    class Reader(torch.nn.Module):
+        """Yes when the asked kind is named before the question, else No (or a constant, `reads=False`)."""
+
+        def __init__(self, reads: bool) -> None:
+            super().__init__()
+            self.reads = reads
+
+        def forward(self, ids: torch.Tensor):
+            description, question = tok.decode(ids[0], skip_special_tokens=True).rsplit(" Is there", 1)
+            kind = question.split()[1]
+            logits = torch.zeros(1, ids.shape[1], len(tok))
+            there = kind in description.replace(".", " ").split()
+            logits[0, -1, yes if (there or not self.reads) else no] = 1.0
+            return type("Out", (), {"logits": logits})
+
+    assert script.existence_figures(Reader(True), tok, probes) == {"auc": 1.0, "accuracy": 1.0}
+    assert script.existence_figures(Reader(False), tok, probes) == {"auc": 0.5, "accuracy": 0.5}
