@@ -11,7 +11,8 @@ from absent kinds (AUC; 0.5 = the context unused) and how often its sign is righ
     python experiments/lm_reading.py .cache/lmm/worlds/tiny-<hash>/llama-tiny --steps 2000 [--reading 0.5]
         [--loss answers] [--save DIR]
 
-(the world's LM folder gives the tokenizer; its weights are not used: the LM is trained from scratch.)
+(the world's LM folder gives the tokenizer; its weights are not used: the LM is trained from scratch, or from
+`--init DIR`, an LM this script saved.)
 
 `--loss all` (the default) is next-token loss on every token, as pretraining is; `--loss answers` supervises only
 the answers, as LLaVA's instruct stage does. One thread; the same arguments give the same figures on one machine.
@@ -118,12 +119,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--probes", type=int, default=200, help="held-out scenes (two questions each)")
+    ap.add_argument("--init", default=None, help="continue this saved LM instead of training one from scratch")
     ap.add_argument("--save", default=None, help="save the LM and tokenizer here (a world LM folder's layout)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(llama_config(tok, args.hidden, args.layers))
+    model = (LlamaForCausalLM.from_pretrained(args.init) if args.init
+             else LlamaForCausalLM(llama_config(tok, args.hidden, args.layers)))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))  # warmup, then constant
     data = batches(tok, reading=args.reading, questions=args.questions, loss=args.loss, batch_size=args.batch_size,
