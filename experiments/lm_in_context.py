@@ -22,7 +22,7 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from lmm.world.questions import article, detailed_description
-from lmm.world.scenes import KINDS, sample_scene
+from lmm.world.scenes import sample_scene
 
 Ask = Callable[[str], str]  # prompt -> the LM's answer
 
@@ -33,8 +33,7 @@ def probes(scenes: int, seed: int = 0) -> list[tuple[str, str, bool]]:
     out = []
     while len(out) < 2 * scenes:
         scene = sample_scene(rng)
-        present = sorted({o.kind for o in scene.objects})
-        absent = [k for k in KINDS if k not in present]
+        present, absent = scene.kinds()
         if not present or not absent:
             continue
         text = detailed_description(scene)

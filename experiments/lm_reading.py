@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBas
 from lmm.world.dialogue import existence
 from lmm.world.pretrain import llama_config
 from lmm.world.questions import article, detailed_description
-from lmm.world.scenes import KINDS, sample_scene
+from lmm.world.scenes import sample_scene
 from lmm.world.sources import pretraining_text
 
 IGNORE = -100
@@ -80,8 +80,7 @@ def existence_probes(tok: PreTrainedTokenizerBase, scenes: int, seed: int = 11) 
     out: list[tuple[list[int], int]] = []
     while len(out) < 2 * scenes:
         scene = sample_scene(rng)
-        present = sorted({o.kind for o in scene.objects})
-        absent = [k for k in KINDS if k not in present]
+        present, absent = scene.kinds()
         if not present or not absent:
             continue
         for kind, there in ((rng.choice(present), 1), (rng.choice(absent), 0)):

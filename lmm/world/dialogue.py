@@ -45,8 +45,7 @@ def existence(scene: Scene, rng: random.Random) -> Long:
     """"Is there a {kind} in the image?" about a kind present or absent, even odds (when both exist), so that the
     answer is the picture's and not the question's: asked only about absent kinds, the question taught "no" as a
     prior to every model trained on it (experiments/world.md, ninth measurement)."""
-    present = sorted({o.kind for o in scene.objects})
-    absent = [k for k in KINDS if k not in present]
+    present, absent = scene.kinds()
     if present and (not absent or rng.random() < 0.5):
         kind = rng.choice(present)
         n = scene.count(kind)

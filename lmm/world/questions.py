@@ -231,8 +231,7 @@ def attribute_questions(scene: Scene, rng: random.Random) -> list[QA]:
         ref = object_reference(scene, i)
         if ref:
             qas.append((rng.choice(("What kind of object is {}?", "What is {}?")).format(ref), o.kind))
-    present = sorted({o.kind for o in scene.objects})
-    absent = [k for k in KINDS if k not in present]
+    present, absent = scene.kinds()
     asked = present + rng.sample(absent, k=min(2, len(absent)))
     for kind in asked:
         qas.append((f"How many {plural(kind)} are there?", str(scene.count(kind))))

@@ -76,6 +76,11 @@ class Scene:
     def count(self, kind: str | None = None, colour: str | None = None) -> int:
         return sum((kind is None or o.kind == kind) and (colour is None or o.colour == colour) for o in self.objects)
 
+    def kinds(self) -> tuple[list[str], list[str]]:
+        """(the kinds in the scene, sorted; the world's other kinds, in KINDS order): what existence questions ask."""
+        present = sorted({o.kind for o in self.objects})
+        return present, [k for k in KINDS if k not in present]
+
     def unique(self, i: int) -> str:
         """The shortest phrase that picks object i out of the scene ("the ball", "the red ball" or "the large red
         ball"); empty when no phrase of these does."""
