@@ -206,3 +206,80 @@ def test_lm_reading_documents_batches_and_existence_figures(tiny_world):
 
     assert script.existence_figures(Reader(True), tok, probes) == {"auc": 1.0, "accuracy": 1.0}
     assert script.existence_figures(Reader(False), tok, probes) == {"auc": 0.5, "accuracy": 0.5}
+
+
+def test_visual_lookup_patches_splice_and_figures(tiny_world):
+    """The oracle tokens put each object's kind on the patches its box covers in the padded square (the inner object
+    over its container); the visual tokens replace `<image>` exactly; the figures score reading 1.0 and a prior 0.5."""
+    from transformers import AutoTokenizer
+
+    from lmm.constants import IMAGE_TOKEN_INDEX
+    from lmm.world.scenes import Obj, Scene
+    from tests.conftest import world_root
+
+    script = _script("visual_lookup")
+    # 240 x 160 pads to 240 x 240 (40 px above and below): patch centres at 15, 45, ..., 225 px of the square
+    wide = Scene(240, 160, "white", [Obj("kite", "red", "large", (0.0, 0.0, 0.5, 1.0))])
+    covered = {p for p, o in enumerate(script.under_patches(wide)) if o is not None}
+    assert covered == {r * 8 + c for r in range(1, 7) for c in range(4)}
+    nested = Scene(192, 192, "white", [Obj("box", "red", "large", (0.2, 0.2, 0.8, 0.8)),
+                                       Obj("ball", "blue", "small", (0.4, 0.4, 0.6, 0.6))], inside={1: 0})
+    under = script.under_patches(nested)
+    assert under[3 * 8 + 3].kind == "ball" and under[2 * 8 + 2].kind == "box" and under[0] is None
+    hot = script.onehot(nested)
+    assert hot[0].tolist() == [0.0] * (len(KINDS) + len(COLORS)) + [1.0]
+    assert hot[27, KINDS.index("ball")] == 1 and hot[27, len(KINDS) + list(COLORS).index("blue")] == 1
+    assert hot[27].sum() == 2 and hot[18, KINDS.index("box")] == 1
+
+    tok = AutoTokenizer.from_pretrained(world_root(tiny_world) / "llama-tiny")
+    ids = script.word_ids(nested, tok)
+    assert ids[27] != ids[18] != ids[0] and len(set(ids.tolist())) == 3
+    assert tok.decode([int(ids[27])]).strip() in "ball" and tok.decode([int(ids[0])]).strip() in "background"
+
+    rng = random.Random(0)
+    scene = sample_scene(random.Random(4))
+    asked = [script.question(scene, "kind", rng) for _ in range(400)]
+    assert all(label == (kind in {o.kind for o in scene.objects}) for kind, label in asked)
+    assert 150 < sum(label for _, label in asked) < 250
+
+    class Recorder(torch.nn.Module):
+        """Stands for the LM: keeps the embeddings it is handed; logits say which patch token was seen."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(len(tok), 4)
+
+        def get_input_embeddings(self):
+            return self.embed
+
+        def forward(self, inputs_embeds, attention_mask):
+            self.seen = inputs_embeds
+            return type("Out", (), {"logits": torch.zeros(*inputs_embeds.shape[:2], len(tok))})
+
+    visual = [torch.full((64, 4), 7.0), torch.full((64, 4), 9.0)]
+    model = script.Lookup(Recorder(), tok, visual, torch.nn.Identity(), "kind")
+    model([(0, "kite"), (1, "ball")])
+    for row, (i, kind) in enumerate([(0, "kite"), (1, "ball")]):
+        prompt = model.prompts[kind]
+        p = int((prompt == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
+        seen = model.llm.seen[row, : len(prompt) - 1 + 64]
+        assert torch.equal(seen[p : p + 64], visual[i])
+        assert torch.equal(seen[:p], model.llm.embed(prompt[:p]))
+        assert torch.equal(seen[p + 64 :], model.llm.embed(prompt[p + 1 :]))
+
+    scenes = [sample_scene(random.Random(j)) for j in range(40)]
+    held = [(j, *script.question(scenes[j], "kind", random.Random(j))) for j in range(40)]
+    yes, no = 5, 6
+
+    def reader(reads: bool):
+        def answer(batch):
+            logits = torch.zeros(len(batch), 10)
+            for row, (j, kind) in enumerate(batch):
+                there = kind in {o.kind for o in scenes[j].objects}
+                logits[row, yes if (there or not reads) else no] = 1.0
+            return logits
+        return answer
+
+    assert script.figures(reader(True), held, yes, no) == (1.0, 1.0)
+    auc, accuracy = script.figures(reader(False), held, yes, no)
+    assert auc == 0.5 and accuracy == pytest.approx(sum(y for _, _, y in held) / len(held))

@@ -1,0 +1,225 @@
+"""Which visual tokens can the LLaVA side learn to look a named thing up in? (eleventh measurement)
+
+POPE's "Is there a kite in the image?" asks the LLM to find the kite among the visual tokens before the question. This
+script trains only that: an LM (and a connector, where there is one) on single-turn existence questions in LLaVA's
+vicuna_v1 prompt with the short-answer instruction, the image's tokens spliced in where `<image>` stands, and every
+`every` steps reports how well the logit of "yes" minus "no" separates present from absent (AUC on 600 held-out
+questions; 0.5 = the image unused) and how often its sign is right. The visual tokens, from easiest to hardest:
+
+- `text`: the scene's objects as words ("a red kite and a blue ball"), embedded by the LM: a lookup in text;
+- `words`: 64 tokens, one per 8 x 8 patch of the padded square, each the LM's embedding of the kind under the patch
+  centre or of "background": the tokens a perfect tower and a perfect connector would hand on;
+- `onehot`: the same 64 patches as one-hot labels (kind, colour, background) through a fresh two-layer MLP
+  connector: perfect features, a connector that has to learn where the LM's words are;
+- `clip`: a run's frozen vision tower and its trained connector (`--run`): the pipeline's own tokens.
+
+    python experiments/visual_lookup.py LM_DIR --tokens words [--ask colour] [--steps 600] [--lr 3e-4]
+        [--run outputs/runs/<id>] [--align-steps 600] [--noise 1.0]
+
+`LM_DIR` is a Llama folder with its tokenizer (the world's llama-tiny, or one `lm_reading.py --save`d). `--align-steps`
+first trains the connector alone on captions of the same patches through the frozen LM (LLaVA's stage 1, 'plain'
+template); `--noise s` adds Gaussian noise of s times each token's own scale to the visual tokens. One thread; the same
+arguments give the same figures on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import torch
+from torch import nn
+from torchmetrics.functional.classification import binary_auroc
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lmm.constants import IMAGE_TOKEN_INDEX
+from lmm.data.formats import SHORT_ANSWER
+from lmm.data.templates import VicunaV1Template
+from lmm.world.scenes import COLORS, KINDS, Obj, Scene, render, sample_scene
+
+GRID = 8  # patches per side: the world's tower sees 64 px in patches of 8
+
+
+def under_patches(scene: Scene, grid: int = GRID) -> list[Obj | None]:
+    """The object under each patch centre of the image padded to a square (row-major), None for background; where
+    objects overlap, the one drawn last (an object inside a container) wins, as in the picture."""
+    side = max(scene.width, scene.height)
+    ox, oy = (side - scene.width) / 2, (side - scene.height) / 2
+    out = []
+    for p in range(grid * grid):
+        u = (((p % grid) + 0.5) / grid * side - ox) / scene.width
+        v = (((p // grid) + 0.5) / grid * side - oy) / scene.height
+        hit = None
+        for o in scene.objects:
+            if o.box[0] <= u <= o.box[2] and o.box[1] <= v <= o.box[3]:
+                hit = o
+        out.append(hit)
+    return out
+
+
+def onehot(scene: Scene) -> torch.Tensor:
+    """(64, kinds + colours + 1): each patch's kind and colour, or the background flag."""
+    out = torch.zeros(GRID * GRID, len(KINDS) + len(COLORS) + 1)
+    for p, o in enumerate(under_patches(scene)):
+        if o is None:
+            out[p, -1] = 1
+        else:
+            out[p, KINDS.index(o.kind)] = out[p, len(KINDS) + list(COLORS).index(o.colour)] = 1
+    return out
+
+
+def word_ids(scene: Scene, tok) -> torch.Tensor:
+    """(64,) the id of the word for the kind under each patch, or of "background"."""
+    word = {w: tok(w, add_special_tokens=False).input_ids[-1] for w in (*KINDS, "background")}
+    return torch.tensor([word[o.kind if o else "background"] for o in under_patches(scene)])
+
+
+def text_ids(scene: Scene, tok) -> torch.Tensor:
+    return torch.tensor(tok(" and ".join(f"a {o.colour} {o.kind}" for o in scene.objects),
+                            add_special_tokens=False).input_ids, dtype=torch.long)
+
+
+def question(scene: Scene, ask: str, rng: random.Random) -> tuple[str, int]:
+    """A thing present (label 1) or absent (0) at even odds, as far as the scene allows."""
+    values = KINDS if ask == "kind" else tuple(COLORS)
+    have = {o.kind if ask == "kind" else o.colour for o in scene.objects}
+    present, absent = sorted(have), [v for v in values if v not in have]
+    label = int((rng.random() < 0.5 and bool(present)) or not absent)
+    return rng.choice(present if label else absent), label
+
+
+class Lookup(nn.Module):
+    """The LLaVA side: prompt embeddings with the visual tokens spliced in at `<image>`; logits at the last place."""
+
+    def __init__(self, llm: nn.Module, tok, tokens: list[torch.Tensor], connector: nn.Module | None,
+                 ask: str, noise: float = 0.0) -> None:
+        super().__init__()
+        self.llm, self.connector, self.tokens, self.noise = llm, connector, tokens, noise
+        template, thing = VicunaV1Template(), "{}" if ask == "kind" else "{} object"
+        values = KINDS if ask == "kind" else tuple(COLORS)
+        self.prompts = {v: torch.tensor(template.prompt_ids(f"Is there a {thing.format(v)} in the image?\n"
+                                                            f"{SHORT_ANSWER}", tok)) for v in values}
+
+    def visual(self, i: int) -> torch.Tensor:
+        t = self.tokens[i]
+        v = self.llm.get_input_embeddings()(t) if self.connector is None else self.connector(t)
+        if self.noise:
+            v = v + self.noise * v.detach().norm(dim=-1, keepdim=True) / v.shape[-1] ** 0.5 * torch.randn_like(v)
+        return v
+
+    def forward(self, batch: list[tuple[int, str]]) -> torch.Tensor:
+        embed = self.llm.get_input_embeddings()
+        rows = []
+        for i, asked in batch:
+            ids = self.prompts[asked]
+            p = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
+            text = embed(ids.clamp(min=0))
+            rows.append(torch.cat([text[:p], self.visual(i), text[p + 1:]]))
+        return self.llm_last(rows)
+
+    def llm_last(self, rows: list[torch.Tensor], labels: bool = False) -> torch.Tensor:
+        n = torch.tensor([len(r) for r in rows])
+        x = nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        mask = (torch.arange(x.shape[1])[None] < n[:, None]).long()
+        logits = self.llm(inputs_embeds=x, attention_mask=mask).logits
+        return logits if labels else logits[torch.arange(len(rows)), n - 1]
+
+
+def align(model: Lookup, scenes: list[Scene], tok, steps: int, lr: float, batch: int = 32) -> None:
+    """LLaVA's stage 1 on the same tokens: the connector alone learns to caption them through the frozen LM."""
+    embed, rng = model.llm.get_input_embeddings(), random.Random(5)
+    for p in model.llm.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.connector.parameters(), lr=lr)
+    for step in range(1, steps + 1):
+        rows, targets = [], []
+        for i in (rng.randrange(len(model.tokens)) for _ in range(batch)):
+            caption = torch.tensor(tok(" and ".join(f"a {o.colour} {o.kind}" for o in scenes[i].objects) + "\n",
+                                       add_special_tokens=False).input_ids)
+            v = model.visual(i)
+            rows.append(torch.cat([embed(torch.tensor([tok.bos_token_id])), v, embed(caption)]))
+            targets.append(torch.cat([torch.full((1 + len(v),), -100), caption]))
+        logits = model.llm_last(rows, labels=True)
+        y = nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=-100)
+        loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), y[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0:
+            print(f"align step {step}: caption loss {loss.item():.3f}", flush=True)
+    for p in model.llm.parameters():
+        p.requires_grad_(True)
+
+
+def figures(model: Lookup, held: list[tuple[int, str, int]], yes: int, no: int) -> tuple[float, float]:
+    """(AUC of the yes-minus-no margin, accuracy of its sign) on the held-out questions."""
+    with torch.no_grad():
+        logits = torch.cat([model([(i, v) for i, v, _ in held[b:b + 100]]) for b in range(0, len(held), 100)])
+    margin, labels = logits[:, yes] - logits[:, no], torch.tensor([y for _, _, y in held])
+    return float(binary_auroc(margin, labels)), float(((margin > 0).long() == labels).float().mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("lm", help="a Llama folder with its tokenizer")
+    ap.add_argument("--tokens", choices=("text", "words", "onehot", "clip"), default="words")
+    ap.add_argument("--ask", choices=("kind", "colour"), default="kind")
+    ap.add_argument("--run", help="a run folder whose instruct/model gives the tower and connector (--tokens clip)")
+    ap.add_argument("--scenes", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--connector-lr", type=float, help="the connector's own learning rate (default: --lr)")
+    ap.add_argument("--align-steps", type=int, default=0)
+    ap.add_argument("--noise", type=float, default=0.0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    tok = AutoTokenizer.from_pretrained(args.lm)
+    llm = AutoModelForCausalLM.from_pretrained(args.lm)
+    scenes = [sample_scene(random.Random(f"visual-lookup-{j}")) for j in range(args.scenes + 600)]
+    connector = None
+    if args.tokens == "clip":
+        from lmm.model.io import load_checkpoint
+
+        run = load_checkpoint(f"{args.run}/instruct/model")
+        with torch.no_grad():
+            tokens = [f for b in range(0, len(scenes), 200) for f in run.model.encoder(
+                torch.stack([run.image_processor(render(s)) for s in scenes[b:b + 200]]))]
+        connector = run.model.connector
+    elif args.tokens == "onehot":
+        tokens = [onehot(s) for s in scenes]
+        connector = nn.Sequential(nn.Linear(tokens[0].shape[-1], 128), nn.GELU(),
+                                  nn.Linear(128, llm.config.hidden_size))
+    else:
+        tokens = [(word_ids if args.tokens == "words" else text_ids)(s, tok) for s in scenes]
+    model = Lookup(llm, tok, tokens, connector, args.ask, args.noise)
+    if args.align_steps:
+        align(model, scenes, tok, args.align_steps, args.connector_lr or 1e-3)
+
+    yes, no = (tok("yes", add_special_tokens=False).input_ids[0], tok("no", add_special_tokens=False).input_ids[0])
+    held = [(i, *question(scenes[i], args.ask, random.Random(i))) for i in range(args.scenes, args.scenes + 600)]
+    groups = [{"params": list(llm.parameters()), "lr": args.lr}]
+    if connector is not None:
+        groups.append({"params": list(connector.parameters()), "lr": args.connector_lr or args.lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    rng, start = random.Random(0), time.perf_counter()
+    print(f"{args.tokens} tokens, asking {args.ask}: before training AUC %.3f, accuracy %.3f"
+          % figures(model, held, yes, no), flush=True)
+    for step in range(1, args.steps + 1):
+        batch = [(i, *question(scenes[i], args.ask, rng)) for i in (rng.randrange(args.scenes) for _ in range(32))]
+        logits = model([(i, v) for i, v, _ in batch])
+        loss = nn.functional.cross_entropy(logits, torch.tensor([yes if y else no for _, _, y in batch]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % args.every == 0:
+            auc, acc = figures(model, held, yes, no)
+            print(f"step {step}: loss {loss.item():.3f}, held-out AUC {auc:.3f}, accuracy {acc:.3f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
