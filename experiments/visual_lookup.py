@@ -9,17 +9,21 @@ questions; 0.5 = the image unused) and how often its sign is right. The visual t
 - `text`: the scene's objects as words ("a red kite and a blue ball"), embedded by the LM: a lookup in text;
 - `words`: 64 tokens, one per 8 x 8 patch of the padded square, each the LM's embedding of the kind under the patch
   centre or of "background": the tokens a perfect tower and a perfect connector would hand on;
+- `codes`: the same 64 patches, each a fixed random vector for its kind (or background), of the LM's embedding
+  scale: tokens that tell kinds apart perfectly but are not the LM's words;
 - `onehot`: the same 64 patches as one-hot labels (kind, colour, background) through a fresh two-layer MLP
   connector: perfect features, a connector that has to learn where the LM's words are;
 - `clip`: a run's frozen vision tower and its trained connector (`--run`): the pipeline's own tokens.
 
     python experiments/visual_lookup.py LM_DIR --tokens words [--ask colour] [--steps 600] [--lr 3e-4]
-        [--run outputs/runs/<id>] [--align-steps 600] [--noise 1.0]
+        [--run outputs/runs/<id> [--fresh-connector]] [--lm-captions 400] [--align-steps 600] [--noise 1.0]
 
-`LM_DIR` is a Llama folder with its tokenizer (the world's llama-tiny, or one `lm_reading.py --save`d). `--align-steps`
-first trains the connector alone on captions of the same patches through the frozen LM (LLaVA's stage 1, 'plain'
-template); `--noise s` adds Gaussian noise of s times each token's own scale to the visual tokens. One thread; the same
-arguments give the same figures on one machine.
+`LM_DIR` is a Llama folder with its tokenizer (the world's llama-tiny, or one `lm_reading.py --save`d).
+`--lm-captions N` first teaches the LM (N steps, all of it) to caption scenes from a text stand-in for the image, the
+words of the kinds and colours under its patches (`checker_words`); `--align-steps` then trains the connector alone on
+captions of the visual tokens through the frozen LM (LLaVA's stage 1, 'plain' template), a fresh MLP for `onehot` and
+for `clip --fresh-connector`; `--noise s` adds Gaussian noise of s times each token's own scale to the visual
+tokens. One thread; the same arguments give the same figures on one machine.
 """
 
 from __future__ import annotations
@@ -126,30 +130,61 @@ class Lookup(nn.Module):
         return logits if labels else logits[torch.arange(len(rows)), n - 1]
 
 
-def align(model: Lookup, scenes: list[Scene], tok, steps: int, lr: float, batch: int = 32) -> None:
-    """LLaVA's stage 1 on the same tokens: the connector alone learns to caption them through the frozen LM."""
-    embed, rng = model.llm.get_input_embeddings(), random.Random(5)
-    for p in model.llm.parameters():
-        p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.connector.parameters(), lr=lr)
+def checker_words(scene: Scene, tok) -> torch.Tensor:
+    """(64,) per patch the word of its object's kind or colour, alternating like a chessboard, or "background": a
+    text stand-in for the image from which every word of its caption can be copied."""
+    word = lambda w: tok(w, add_special_tokens=False).input_ids[-1]  # noqa: E731
+    return torch.tensor([word("background") if o is None else word(o.kind if (p // GRID + p % GRID) % 2 == 0
+                                                                    else o.colour)
+                         for p, o in enumerate(under_patches(scene))])
+
+
+def caption_loss(model: Lookup, scenes: list[Scene], tok, idx: list[int]) -> torch.Tensor:
+    """LLaVA's 'plain' template: <s>, the visual tokens, the caption ("a red kite and a blue ball"); loss on the
+    caption only."""
+    embed, rows, targets = model.llm.get_input_embeddings(), [], []
+    for i in idx:
+        caption = torch.tensor(tok(" and ".join(f"a {o.colour} {o.kind}" for o in scenes[i].objects) + "\n",
+                                   add_special_tokens=False).input_ids)
+        v = model.visual(i)
+        rows.append(torch.cat([embed(torch.tensor([tok.bos_token_id])), v, embed(caption)]))
+        targets.append(torch.cat([torch.full((1 + len(v),), -100), caption]))
+    logits = model.llm_last(rows, labels=True)
+    y = nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=-100)
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), y[:, 1:].flatten())
+
+
+def fit_captions(model: Lookup, scenes: list[Scene], tok, params: list, steps: int, lr: float, what: str) -> None:
+    """`steps` of caption loss on the training scenes for `params` alone (the rest stays as it is)."""
+    rng, opt = random.Random(5), torch.optim.AdamW(params, lr=lr)
     for step in range(1, steps + 1):
-        rows, targets = [], []
-        for i in (rng.randrange(len(model.tokens)) for _ in range(batch)):
-            caption = torch.tensor(tok(" and ".join(f"a {o.colour} {o.kind}" for o in scenes[i].objects) + "\n",
-                                       add_special_tokens=False).input_ids)
-            v = model.visual(i)
-            rows.append(torch.cat([embed(torch.tensor([tok.bos_token_id])), v, embed(caption)]))
-            targets.append(torch.cat([torch.full((1 + len(v),), -100), caption]))
-        logits = model.llm_last(rows, labels=True)
-        y = nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=-100)
-        loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), y[:, 1:].flatten())
+        loss = caption_loss(model, scenes, tok, [rng.randrange(len(model.tokens) - 600) for _ in range(32)])
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 100 == 0:
-            print(f"align step {step}: caption loss {loss.item():.3f}", flush=True)
+            print(f"{what} step {step}: caption loss {loss.item():.3f}", flush=True)
+
+
+def align(model: Lookup, scenes: list[Scene], tok, steps: int, lr: float) -> None:
+    """LLaVA's stage 1 on the same tokens: the connector alone learns to caption them through the frozen LM."""
+    for p in model.llm.parameters():
+        p.requires_grad_(False)
+    fit_captions(model, scenes, tok, list(model.connector.parameters()), steps, lr, "align")
     for p in model.llm.parameters():
         p.requires_grad_(True)
+
+
+def nearest_words(connector: nn.Module, llm: nn.Module, tok) -> tuple[int, float]:
+    """For one-hot tokens: how many kinds' visual tokens (colour unset) have their own word as the nearest input
+    embedding, and their mean cosine to it."""
+    with torch.no_grad():
+        x = torch.zeros(len(KINDS), len(KINDS) + len(COLORS) + 1)
+        x[range(len(KINDS)), range(len(KINDS))] = 1
+        sims = nn.functional.normalize(connector(x), dim=-1) @ nn.functional.normalize(
+            llm.get_input_embeddings().weight, dim=-1).T
+        own = torch.tensor([tok(k, add_special_tokens=False).input_ids[-1] for k in KINDS])
+        return int((sims.argmax(-1) == own).sum()), float(sims[range(len(KINDS)), own].mean())
 
 
 def figures(model: Lookup, held: list[tuple[int, str, int]], yes: int, no: int) -> tuple[float, float]:
@@ -163,7 +198,7 @@ def figures(model: Lookup, held: list[tuple[int, str, int]], yes: int, no: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("lm", help="a Llama folder with its tokenizer")
-    ap.add_argument("--tokens", choices=("text", "words", "onehot", "clip"), default="words")
+    ap.add_argument("--tokens", choices=("text", "words", "codes", "onehot", "clip"), default="words")
     ap.add_argument("--ask", choices=("kind", "colour"), default="kind")
     ap.add_argument("--run", help="a run folder whose instruct/model gives the tower and connector (--tokens clip)")
     ap.add_argument("--scenes", type=int, default=6000)
@@ -171,6 +206,9 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--connector-lr", type=float, help="the connector's own learning rate (default: --lr)")
+    ap.add_argument("--lm-captions", type=int, default=0,
+                    help="first, steps in which the LM learns to caption scenes from their words per patch")
+    ap.add_argument("--fresh-connector", action="store_true", help="--tokens clip: a new MLP, not the run's")
     ap.add_argument("--align-steps", type=int, default=0)
     ap.add_argument("--noise", type=float, default=0.0)
     args = ap.parse_args()
@@ -188,21 +226,34 @@ def main() -> None:
         with torch.no_grad():
             tokens = [f for b in range(0, len(scenes), 200) for f in run.model.encoder(
                 torch.stack([run.image_processor(render(s)) for s in scenes[b:b + 200]]))]
-        connector = run.model.connector
+        connector = None if args.fresh_connector else run.model.connector
     elif args.tokens == "onehot":
         tokens = [onehot(s) for s in scenes]
-        connector = nn.Sequential(nn.Linear(tokens[0].shape[-1], 128), nn.GELU(),
-                                  nn.Linear(128, llm.config.hidden_size))
+    elif args.tokens == "codes":
+        weight = llm.get_input_embeddings().weight.detach()
+        scale = weight.norm(dim=-1).mean() / weight.shape[1] ** 0.5
+        codes = torch.randn(len(KINDS) + 1, weight.shape[1], generator=torch.Generator().manual_seed(1)) * scale
+        tokens = [codes[[KINDS.index(o.kind) if o else len(KINDS) for o in under_patches(s)]] for s in scenes]
+        connector = nn.Identity()
     else:
         tokens = [(word_ids if args.tokens == "words" else text_ids)(s, tok) for s in scenes]
+    if args.tokens in ("onehot", "clip") and connector is None:
+        connector = nn.Sequential(nn.Linear(tokens[0].shape[-1], 128), nn.GELU(),
+                                  nn.Linear(128, llm.config.hidden_size))
+    if args.lm_captions:
+        words = Lookup(llm, tok, [checker_words(s, tok) for s in scenes], None, args.ask)
+        fit_captions(words, scenes, tok, list(llm.parameters()), args.lm_captions, 1e-3, "LM captions from words")
     model = Lookup(llm, tok, tokens, connector, args.ask, args.noise)
     if args.align_steps:
         align(model, scenes, tok, args.align_steps, args.connector_lr or 1e-3)
+    if args.tokens == "onehot":
+        right, cosine = nearest_words(connector, llm, tok)
+        print(f"kinds whose visual token is nearest their own word: {right} of 10, mean cosine {cosine:.3f}")
 
     yes, no = (tok("yes", add_special_tokens=False).input_ids[0], tok("no", add_special_tokens=False).input_ids[0])
     held = [(i, *question(scenes[i], args.ask, random.Random(i))) for i in range(args.scenes, args.scenes + 600)]
     groups = [{"params": list(llm.parameters()), "lr": args.lr}]
-    if connector is not None:
+    if connector is not None and any(True for _ in connector.parameters()):
         groups.append({"params": list(connector.parameters()), "lr": args.connector_lr or args.lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     rng, start = random.Random(0), time.perf_counter()

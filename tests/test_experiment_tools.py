@@ -283,3 +283,57 @@ def test_visual_lookup_patches_splice_and_figures(tiny_world):
     assert script.figures(reader(True), held, yes, no) == (1.0, 1.0)
     auc, accuracy = script.figures(reader(False), held, yes, no)
     assert auc == 0.5 and accuracy == pytest.approx(sum(y for _, _, y in held) / len(held))
+
+
+def test_visual_lookup_caption_words_loss_and_nearest_words(tiny_world):
+    """The text stand-in alternates kind and colour words over an object's patches; the caption loss scores only
+    the caption, each token from the one before; the nearest-word check finds a connector that writes the words."""
+    from transformers import AutoTokenizer
+
+    from lmm.world.scenes import Obj, Scene
+    from tests.conftest import world_root
+
+    script = _script("visual_lookup")
+    tok = AutoTokenizer.from_pretrained(world_root(tiny_world) / "llama-tiny")
+    word = {w: tok(w, add_special_tokens=False).input_ids[-1] for w in ("box", "red", "ball", "blue", "background")}
+    nested = Scene(192, 192, "white", [Obj("box", "red", "large", (0.2, 0.2, 0.8, 0.8)),
+                                       Obj("ball", "blue", "small", (0.4, 0.4, 0.6, 0.6))], inside={1: 0})
+    ids = script.checker_words(nested, tok).tolist()
+    assert [ids[18], ids[19], ids[27], ids[28], ids[0]] == [word[w] for w in ("box", "red", "ball", "blue",
+                                                                              "background")]
+
+    class NextToken(torch.nn.Module):
+        """Reads the next input token off its one-hot embedding: a perfect predictor of any text that follows."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(len(tok), len(tok))
+            self.embed.weight.data = torch.eye(len(tok))
+
+        def get_input_embeddings(self):
+            return self.embed
+
+        def forward(self, inputs_embeds, attention_mask):
+            nxt = torch.cat([inputs_embeds[:, 1:], inputs_embeds[:, :1]], 1)
+            return type("Out", (), {"logits": 50.0 * nxt})
+
+    scenes = [sample_scene(random.Random(j)) for j in range(3)]
+    blank = [torch.zeros(64, len(tok)) for _ in scenes]
+    model = script.Lookup(NextToken(), tok, blank, torch.nn.Identity(), "kind")
+    assert script.caption_loss(model, scenes, tok, [0, 1, 2]) < 1e-3  # the visual tokens are not targets
+
+    E = torch.randn(len(tok), 8)
+    own = torch.tensor([tok(k, add_special_tokens=False).input_ids[-1] for k in KINDS])
+
+    class Writes(torch.nn.Module):
+        def __init__(self, rows: torch.Tensor) -> None:
+            super().__init__()
+            self.rows = rows
+
+        def forward(self, x):
+            return x[:, : len(KINDS)] @ self.rows
+
+    llm = type("LM", (), {"get_input_embeddings": lambda self: torch.nn.Embedding.from_pretrained(E)})()
+    right, cosine = script.nearest_words(Writes(E[own]), llm, tok)
+    assert right == len(KINDS) and cosine == pytest.approx(1.0)
+    assert script.nearest_words(Writes(E[own.roll(1)]), llm, tok)[0] == 0
