@@ -175,16 +175,29 @@ def align(model: Lookup, scenes: list[Scene], tok, steps: int, lr: float) -> Non
         p.requires_grad_(True)
 
 
-def nearest_words(connector: nn.Module, llm: nn.Module, tok) -> tuple[int, float]:
-    """For one-hot tokens: how many kinds' visual tokens (colour unset) have their own word as the nearest input
-    embedding, and their mean cosine to it."""
+def patch_words(model: Lookup, scenes: list[Scene], idx: list[int], tok) -> dict[str, float]:
+    """Which of the world's words (kinds, colours, "background") each visual token is nearest to, by cosine to the
+    LM's input embeddings: the share of object patches nearest their object's kind, or its colour, and of background
+    patches nearest "background"; and the object patches' mean cosine to their kind's word. LLaVA's LM finds a thing
+    among tokens that look like its word."""
+    vocab = [*KINDS, *COLORS, "background"]
+    ids = torch.tensor([tok(w, add_special_tokens=False).input_ids[-1] for w in vocab])
+    words = nn.functional.normalize(model.llm.get_input_embeddings().weight[ids], dim=-1)
+    kind = colour = objects = background = empty = cosine = 0.0
     with torch.no_grad():
-        x = torch.zeros(len(KINDS), len(KINDS) + len(COLORS) + 1)
-        x[range(len(KINDS)), range(len(KINDS))] = 1
-        sims = nn.functional.normalize(connector(x), dim=-1) @ nn.functional.normalize(
-            llm.get_input_embeddings().weight, dim=-1).T
-        own = torch.tensor([tok(k, add_special_tokens=False).input_ids[-1] for k in KINDS])
-        return int((sims.argmax(-1) == own).sum()), float(sims[range(len(KINDS)), own].mean())
+        for i in idx:
+            sims = nn.functional.normalize(model.visual(i), dim=-1) @ words.T
+            for o, n, sim in zip(under_patches(scenes[i]), sims.argmax(-1).tolist(), sims, strict=True):
+                if o is None:
+                    empty += 1
+                    background += vocab[n] == "background"
+                else:
+                    objects += 1
+                    kind += vocab[n] == o.kind
+                    colour += vocab[n] == o.colour
+                    cosine += float(sim[vocab.index(o.kind)])
+    return {"kind": kind / max(objects, 1), "colour": colour / max(objects, 1),
+            "background": background / max(empty, 1), "cosine": cosine / max(objects, 1)}
 
 
 def figures(model: Lookup, held: list[tuple[int, str, int]], yes: int, no: int) -> tuple[float, float]:
@@ -246,9 +259,10 @@ def main() -> None:
     model = Lookup(llm, tok, tokens, connector, args.ask, args.noise)
     if args.align_steps:
         align(model, scenes, tok, args.align_steps, args.connector_lr or 1e-3)
-    if args.tokens == "onehot":
-        right, cosine = nearest_words(connector, llm, tok)
-        print(f"kinds whose visual token is nearest their own word: {right} of 10, mean cosine {cosine:.3f}")
+    near = patch_words(model, scenes, list(range(args.scenes, args.scenes + 200)), tok)
+    print("visual tokens nearest their object's kind word {kind:.2f}, colour word {colour:.2f}; background patches "
+          "nearest 'background' {background:.2f}; object patches' cosine to their kind's word {cosine:.2f}"
+          .format(**near), flush=True)
 
     yes, no = (tok("yes", add_special_tokens=False).input_ids[0], tok("no", add_special_tokens=False).input_ids[0])
     held = [(i, *question(scenes[i], args.ask, random.Random(i))) for i in range(args.scenes, args.scenes + 600)]

@@ -322,18 +322,16 @@ def test_visual_lookup_caption_words_loss_and_nearest_words(tiny_world):
     model = script.Lookup(NextToken(), tok, blank, torch.nn.Identity(), "kind")
     assert script.caption_loss(model, scenes, tok, [0, 1, 2]) < 1e-3  # the visual tokens are not targets
 
-    E = torch.randn(len(tok), 8)
-    own = torch.tensor([tok(k, add_special_tokens=False).input_ids[-1] for k in KINDS])
-
-    class Writes(torch.nn.Module):
-        def __init__(self, rows: torch.Tensor) -> None:
-            super().__init__()
-            self.rows = rows
-
-        def forward(self, x):
-            return x[:, : len(KINDS)] @ self.rows
-
-    llm = type("LM", (), {"get_input_embeddings": lambda self: torch.nn.Embedding.from_pretrained(E)})()
-    right, cosine = script.nearest_words(Writes(E[own]), llm, tok)
-    assert right == len(KINDS) and cosine == pytest.approx(1.0)
-    assert script.nearest_words(Writes(E[own.roll(1)]), llm, tok)[0] == 0
+    words = torch.nn.Embedding(len(tok), 8)
+    lm = type("LM", (), {"get_input_embeddings": lambda self: words})()
+    scenes = [sample_scene(random.Random(j)) for j in range(6)]
+    checker = script.Lookup(lm, tok, [words(script.checker_words(s, tok)) for s in scenes], torch.nn.Identity(), "kind")
+    near = script.patch_words(checker, scenes, list(range(6)), tok)
+    assert near["kind"] + near["colour"] == pytest.approx(1.0) and 0.3 < near["kind"] < 0.7
+    assert near["background"] == 1.0 and 0.3 < near["cosine"] < 0.7  # the kind's word on half the object patches
+    kinds_only = script.Lookup(lm, tok, [words(script.word_ids(s, tok)) for s in scenes], torch.nn.Identity(), "kind")
+    near = script.patch_words(kinds_only, scenes, list(range(6)), tok)
+    assert near["kind"] == 1.0 and near["colour"] == 0.0 and near["cosine"] == pytest.approx(1.0)
+    shuffled = script.Lookup(lm, tok, [t[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+                                       for t in checker.tokens], torch.nn.Identity(), "kind")
+    assert script.patch_words(shuffled, scenes, list(range(6)), tok)["background"] < 0.9
