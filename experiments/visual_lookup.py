@@ -13,7 +13,9 @@ questions; 0.5 = the image unused) and how often its sign is right. The visual t
   scale: tokens that tell kinds apart perfectly but are not the LM's words;
 - `onehot`: the same 64 patches as one-hot labels (kind, colour, background) through a fresh two-layer MLP
   connector: perfect features, a connector that has to learn where the LM's words are;
-- `clip`: a run's frozen vision tower and its trained connector (`--run`): the pipeline's own tokens.
+- `clip`: a run's frozen vision tower and its trained connector (`--run`): the pipeline's own tokens; or any CLIP
+  folder's tower (`--tower DIR`, penultimate layer, images padded to a square as the tiny preset does) with a fresh
+  connector: a tower judged by what stage 1 makes of its patches.
 
     python experiments/visual_lookup.py LM_DIR --tokens words [--ask colour] [--steps 600] [--lr 3e-4]
         [--run outputs/runs/<id> [--fresh-connector]] [--lm-captions 400] [--align-steps 600] [--noise 1.0]
@@ -82,6 +84,26 @@ def word_ids(scene: Scene, tok) -> torch.Tensor:
 def text_ids(scene: Scene, tok) -> torch.Tensor:
     return torch.tensor(tok(" and ".join(f"a {o.colour} {o.kind}" for o in scene.objects),
                             add_special_tokens=False).input_ids, dtype=torch.long)
+
+
+@torch.no_grad()
+def tower_tokens(run: str | None, folder: str | None, scenes: list[Scene]) -> list[torch.Tensor]:
+    """Each scene's patch features as the connector gets them: a run's tower and image transform, or a CLIP folder's
+    tower (penultimate layer) on the image padded to a square."""
+    if run:
+        from lmm.model.io import load_checkpoint
+
+        model = load_checkpoint(f"{run}/instruct/model")
+        encode, prepare = model.model.encoder, lambda batch: torch.stack([model.image_processor(render(s))
+                                                                         for s in batch])
+    else:
+        from lmm.model.encoder import VisionEncoder
+        from lmm.model.preprocess import ImageTransform
+
+        encode, transform = VisionEncoder.from_pretrained(folder, select_layer=-2), ImageTransform.from_pretrained(
+            folder, aspect="pad")
+        prepare = lambda batch: torch.stack([transform(render(s)) for s in batch])  # noqa: E731
+    return [f for b in range(0, len(scenes), 200) for f in encode(prepare(scenes[b:b + 200])).float()]
 
 
 def question(scene: Scene, ask: str, rng: random.Random) -> tuple[str, int]:
@@ -214,6 +236,7 @@ def main() -> None:
     ap.add_argument("--tokens", choices=("text", "words", "codes", "onehot", "clip"), default="words")
     ap.add_argument("--ask", choices=("kind", "colour"), default="kind")
     ap.add_argument("--run", help="a run folder whose instruct/model gives the tower and connector (--tokens clip)")
+    ap.add_argument("--tower", help="or a CLIP folder: its vision tower, with a fresh connector (--tokens clip)")
     ap.add_argument("--scenes", type=int, default=6000)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--every", type=int, default=100)
@@ -233,13 +256,11 @@ def main() -> None:
     scenes = [sample_scene(random.Random(f"visual-lookup-{j}")) for j in range(args.scenes + 600)]
     connector = None
     if args.tokens == "clip":
-        from lmm.model.io import load_checkpoint
+        tokens = tower_tokens(args.run, args.tower, scenes)
+        if args.run and not args.fresh_connector:
+            from lmm.model.io import load_checkpoint
 
-        run = load_checkpoint(f"{args.run}/instruct/model")
-        with torch.no_grad():
-            tokens = [f for b in range(0, len(scenes), 200) for f in run.model.encoder(
-                torch.stack([run.image_processor(render(s)) for s in scenes[b:b + 200]]))]
-        connector = None if args.fresh_connector else run.model.connector
+            connector = load_checkpoint(f"{args.run}/instruct/model").model.connector
     elif args.tokens == "onehot":
         tokens = [onehot(s) for s in scenes]
     elif args.tokens == "codes":

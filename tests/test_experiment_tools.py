@@ -335,3 +335,24 @@ def test_visual_lookup_caption_words_loss_and_nearest_words(tiny_world):
     shuffled = script.Lookup(lm, tok, [t[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
                                        for t in checker.tokens], torch.nn.Identity(), "kind")
     assert script.patch_words(shuffled, scenes, list(range(6)), tok)["background"] < 0.9
+
+
+def test_visual_lookup_tower_tokens_are_the_padded_penultimate_patches(tiny_world):
+    """A CLIP folder's tokens are its vision tower's penultimate patches of the image padded to a square, as the
+    tiny preset hands them to the connector (a centre crop would drop the sides of the wide scenes)."""
+    from lmm.model.encoder import VisionEncoder
+    from lmm.model.preprocess import ImageTransform
+    from lmm.world.scenes import render
+    from tests.conftest import world_root
+
+    script = _script("visual_lookup")
+    folder = world_root(tiny_world) / "clip-tiny-res224"
+    scenes = [sample_scene(random.Random(j)) for j in range(6)]
+    assert any(s.width != s.height for s in scenes)
+    tokens = script.tower_tokens(None, str(folder), scenes)
+    encoder = VisionEncoder.from_pretrained(folder, select_layer=-2)
+    with torch.no_grad():
+        expected = encoder(torch.stack([ImageTransform.from_pretrained(folder, aspect="pad")(render(s))
+                                        for s in scenes]))
+    assert len(tokens) == 6 and tokens[0].shape == (encoder.num_patches, encoder.hidden_size)
+    assert torch.allclose(torch.stack(tokens), expected)
