@@ -18,14 +18,15 @@ questions; 0.5 = the image unused) and how often its sign is right. The visual t
   connector: a tower judged by what stage 1 makes of its patches.
 
     python experiments/visual_lookup.py LM_DIR --tokens words [--ask colour] [--steps 600] [--lr 3e-4]
-        [--run outputs/runs/<id> [--fresh-connector]] [--lm-captions 400] [--align-steps 600] [--noise 1.0]
+        [--run outputs/runs/<id> [--fresh-connector] | --tower DIR] [--lm-captions 400] [--align-steps 600]
+        [--noise 1.0]
 
 `LM_DIR` is a Llama folder with its tokenizer (the world's llama-tiny, or one `lm_reading.py --save`d).
 `--lm-captions N` first teaches the LM (N steps, all of it) to caption scenes from a text stand-in for the image, the
 words of the kinds and colours under its patches (`checker_words`); `--align-steps` then trains the connector alone on
 captions of the visual tokens through the frozen LM (LLaVA's stage 1, 'plain' template), a fresh MLP for `onehot` and
-for `clip --fresh-connector`; `--noise s` adds Gaussian noise of s times each token's own scale to the visual
-tokens. One thread; the same arguments give the same figures on one machine.
+for `clip` with `--fresh-connector` or `--tower`; `--noise s` adds Gaussian noise of s times each token's own scale
+to the visual tokens. One thread; the same arguments give the same figures on one machine.
 """
 
 from __future__ import annotations
