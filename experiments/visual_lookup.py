@@ -65,6 +65,16 @@ def under_patches(scene: Scene, grid: int = GRID) -> list[Obj | None]:
     return out
 
 
+def caption(scene: Scene) -> str:
+    """The scene's objects as LLaVA's stage-1 caption names them: "a red kite and a blue ball"."""
+    return " and ".join(f"a {o.colour} {o.kind}" for o in scene.objects)
+
+
+def word_id(tok, word: str) -> int:
+    """The id of a world word's (last) token."""
+    return tok(word, add_special_tokens=False).input_ids[-1]
+
+
 def onehot(scene: Scene) -> torch.Tensor:
     """(64, kinds + colours + 1): each patch's kind and colour, or the background flag."""
     out = torch.zeros(GRID * GRID, len(KINDS) + len(COLORS) + 1)
@@ -78,13 +88,12 @@ def onehot(scene: Scene) -> torch.Tensor:
 
 def word_ids(scene: Scene, tok) -> torch.Tensor:
     """(64,) the id of the word for the kind under each patch, or of "background"."""
-    word = {w: tok(w, add_special_tokens=False).input_ids[-1] for w in (*KINDS, "background")}
+    word = {w: word_id(tok, w) for w in (*KINDS, "background")}
     return torch.tensor([word[o.kind if o else "background"] for o in under_patches(scene)])
 
 
 def text_ids(scene: Scene, tok) -> torch.Tensor:
-    return torch.tensor(tok(" and ".join(f"a {o.colour} {o.kind}" for o in scene.objects),
-                            add_special_tokens=False).input_ids, dtype=torch.long)
+    return torch.tensor(tok(caption(scene), add_special_tokens=False).input_ids, dtype=torch.long)
 
 
 @torch.no_grad()
@@ -109,9 +118,11 @@ def tower_tokens(run: str | None, folder: str | None, scenes: list[Scene]) -> li
 
 def question(scene: Scene, ask: str, rng: random.Random) -> tuple[str, int]:
     """A thing present (label 1) or absent (0) at even odds, as far as the scene allows."""
-    values = KINDS if ask == "kind" else tuple(COLORS)
-    have = {o.kind if ask == "kind" else o.colour for o in scene.objects}
-    present, absent = sorted(have), [v for v in values if v not in have]
+    if ask == "kind":
+        present, absent = scene.kinds()
+    else:
+        have = {o.colour for o in scene.objects}
+        present, absent = sorted(have), [c for c in COLORS if c not in have]
     label = int((rng.random() < 0.5 and bool(present)) or not absent)
     return rng.choice(present if label else absent), label
 
@@ -143,23 +154,22 @@ class Lookup(nn.Module):
             p = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
             text = embed(ids.clamp(min=0))
             rows.append(torch.cat([text[:p], self.visual(i), text[p + 1:]]))
-        return self.llm_last(rows)
+        n = torch.tensor([len(r) for r in rows])
+        return self.logits(rows)[torch.arange(len(rows)), n - 1]
 
-    def llm_last(self, rows: list[torch.Tensor], labels: bool = False) -> torch.Tensor:
+    def logits(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """The LM's logits over rows of embeddings of different lengths (right-padded, masked)."""
         n = torch.tensor([len(r) for r in rows])
         x = nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        mask = (torch.arange(x.shape[1])[None] < n[:, None]).long()
-        logits = self.llm(inputs_embeds=x, attention_mask=mask).logits
-        return logits if labels else logits[torch.arange(len(rows)), n - 1]
+        return self.llm(inputs_embeds=x, attention_mask=(torch.arange(x.shape[1])[None] < n[:, None]).long()).logits
 
 
 def checker_words(scene: Scene, tok) -> torch.Tensor:
     """(64,) per patch the word of its object's kind or colour, alternating like a chessboard, or "background": a
     text stand-in for the image from which every word of its caption can be copied."""
-    word = lambda w: tok(w, add_special_tokens=False).input_ids[-1]  # noqa: E731
-    return torch.tensor([word("background") if o is None else word(o.kind if (p // GRID + p % GRID) % 2 == 0
-                                                                    else o.colour)
-                         for p, o in enumerate(under_patches(scene))])
+    words = ["background" if o is None else o.kind if (p // GRID + p % GRID) % 2 == 0 else o.colour
+             for p, o in enumerate(under_patches(scene))]
+    return torch.tensor([word_id(tok, w) for w in words])
 
 
 def caption_loss(model: Lookup, scenes: list[Scene], tok, idx: list[int]) -> torch.Tensor:
@@ -167,12 +177,11 @@ def caption_loss(model: Lookup, scenes: list[Scene], tok, idx: list[int]) -> tor
     caption only."""
     embed, rows, targets = model.llm.get_input_embeddings(), [], []
     for i in idx:
-        caption = torch.tensor(tok(" and ".join(f"a {o.colour} {o.kind}" for o in scenes[i].objects) + "\n",
-                                   add_special_tokens=False).input_ids)
+        text = torch.tensor(tok(caption(scenes[i]) + "\n", add_special_tokens=False).input_ids)
         v = model.visual(i)
-        rows.append(torch.cat([embed(torch.tensor([tok.bos_token_id])), v, embed(caption)]))
-        targets.append(torch.cat([torch.full((1 + len(v),), -100), caption]))
-    logits = model.llm_last(rows, labels=True)
+        rows.append(torch.cat([embed(torch.tensor([tok.bos_token_id])), v, embed(text)]))
+        targets.append(torch.cat([torch.full((1 + len(v),), -100), text]))
+    logits = model.logits(rows)
     y = nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=-100)
     return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), y[:, 1:].flatten())
 
@@ -204,7 +213,7 @@ def patch_words(model: Lookup, scenes: list[Scene], idx: list[int], tok) -> dict
     patches nearest "background"; and the object patches' mean cosine to their kind's word. LLaVA's LM finds a thing
     among tokens that look like its word."""
     vocab = [*KINDS, *COLORS, "background"]
-    ids = torch.tensor([tok(w, add_special_tokens=False).input_ids[-1] for w in vocab])
+    ids = torch.tensor([word_id(tok, w) for w in vocab])
     words = nn.functional.normalize(model.llm.get_input_embeddings().weight[ids], dim=-1)
     kind = colour = objects = background = empty = cosine = 0.0
     with torch.no_grad():

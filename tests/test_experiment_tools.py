@@ -254,11 +254,14 @@ def test_visual_lookup_patches_splice_and_figures(tiny_world):
 
         def forward(self, inputs_embeds, attention_mask):
             self.seen = inputs_embeds
-            return type("Out", (), {"logits": torch.zeros(*inputs_embeds.shape[:2], len(tok))})
+            logits = torch.zeros(*inputs_embeds.shape[:2], len(tok))
+            logits[..., 0] = torch.arange(inputs_embeds.shape[1]).float()  # each place's logits name the place
+            return type("Out", (), {"logits": logits})
 
     visual = [torch.full((64, 4), 7.0), torch.full((64, 4), 9.0)]
     model = script.Lookup(Recorder(), tok, visual, torch.nn.Identity(), "kind")
-    model([(0, "kite"), (1, "ball")])
+    last = model([(0, "kite"), (1, "ball")])
+    assert last[:, 0].tolist() == [len(model.prompts[k]) - 1 + 64 - 1 for k in ("kite", "ball")]  # the last real place
     for row, (i, kind) in enumerate([(0, "kite"), (1, "ball")]):
         prompt = model.prompts[kind]
         p = int((prompt == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
