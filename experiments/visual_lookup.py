@@ -19,14 +19,16 @@ questions; 0.5 = the image unused) and how often its sign is right. The visual t
 
     python experiments/visual_lookup.py LM_DIR --tokens words [--ask colour] [--steps 600] [--lr 3e-4]
         [--run outputs/runs/<id> [--fresh-connector] | --tower DIR] [--lm-captions 400] [--align-steps 600]
-        [--noise 1.0]
+        [--noise 1.0] [--wrong 0.36]
 
 `LM_DIR` is a Llama folder with its tokenizer (the world's llama-tiny, or one `lm_reading.py --save`d).
 `--lm-captions N` first teaches the LM (N steps, all of it) to caption scenes from a text stand-in for the image, the
 words of the kinds and colours under its patches (`checker_words`); `--align-steps` then trains the connector alone on
 captions of the visual tokens through the frozen LM (LLaVA's stage 1, 'plain' template), a fresh MLP for `onehot` and
 for `clip` with `--fresh-connector` or `--tower`; `--noise s` adds Gaussian noise of s times each token's own scale
-to the visual tokens. One thread; the same arguments give the same figures on one machine.
+to the visual tokens; `--wrong r` gives `onehot` patches a wrong kind with probability r (features as legible as a
+tower's whose patches name their kind 1 - r of the time). One thread; the same arguments give the same figures on
+one machine.
 """
 
 from __future__ import annotations
@@ -75,14 +77,20 @@ def word_id(tok, word: str) -> int:
     return tok(word, add_special_tokens=False).input_ids[-1]
 
 
-def onehot(scene: Scene) -> torch.Tensor:
-    """(64, kinds + colours + 1): each patch's kind and colour, or the background flag."""
+def onehot(scene: Scene, wrong: float = 0.0) -> torch.Tensor:
+    """(64, kinds + colours + 1): each patch's kind and colour, or the background flag. With `wrong` > 0 each object
+    patch's kind is another kind at random with that probability (seeded by the scene): the features of a tower whose
+    patches name their kind 1 - `wrong` of the time, cleanly otherwise."""
     out = torch.zeros(GRID * GRID, len(KINDS) + len(COLORS) + 1)
+    rng = random.Random(repr(scene))
     for p, o in enumerate(under_patches(scene)):
         if o is None:
             out[p, -1] = 1
-        else:
-            out[p, KINDS.index(o.kind)] = out[p, len(KINDS) + list(COLORS).index(o.colour)] = 1
+            continue
+        k = KINDS.index(o.kind)
+        if wrong and rng.random() < wrong:
+            k = rng.choice([j for j in range(len(KINDS)) if j != k])
+        out[p, k] = out[p, len(KINDS) + list(COLORS).index(o.colour)] = 1
     return out
 
 
@@ -257,6 +265,8 @@ def main() -> None:
     ap.add_argument("--fresh-connector", action="store_true", help="--tokens clip: a new MLP, not the run's")
     ap.add_argument("--align-steps", type=int, default=0)
     ap.add_argument("--noise", type=float, default=0.0)
+    ap.add_argument("--wrong", type=float, default=0.0,
+                    help="--tokens onehot: the share of object patches given a wrong kind")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -272,7 +282,7 @@ def main() -> None:
 
             connector = load_checkpoint(f"{args.run}/instruct/model").model.connector
     elif args.tokens == "onehot":
-        tokens = [onehot(s) for s in scenes]
+        tokens = [onehot(s, args.wrong) for s in scenes]
     elif args.tokens == "codes":
         weight = llm.get_input_embeddings().weight.detach()
         scale = weight.norm(dim=-1).mean() / weight.shape[1] ** 0.5

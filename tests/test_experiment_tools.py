@@ -230,6 +230,16 @@ def test_visual_lookup_patches_splice_and_figures(tiny_world):
     assert hot[0].tolist() == [0.0] * (len(KINDS) + len(COLORS)) + [1.0]
     assert hot[27, KINDS.index("ball")] == 1 and hot[27, len(KINDS) + list(COLORS).index("blue")] == 1
     assert hot[27].sum() == 2 and hot[18, KINDS.index("box")] == 1
+    # --wrong: each object patch's kind replaced with that probability, its colour and the background kept
+    assert torch.equal(script.onehot(nested, 0.0), hot)
+    flipped = script.onehot(nested, 1.0)
+    obj = hot[:, -1] == 0
+    assert torch.equal(flipped[:, len(KINDS):], hot[:, len(KINDS):]) and (flipped[:, :len(KINDS)].sum(1) == obj).all()
+    assert not (flipped[obj, :len(KINDS)] * hot[obj, :len(KINDS)]).any()
+    many = [sample_scene(random.Random(j)) for j in range(40)]
+    pairs = [(script.onehot(s), script.onehot(s, 0.36)) for s in many]
+    right = torch.cat([(a[:, :len(KINDS)] * b[:, :len(KINDS)]).sum(1)[a[:, -1] == 0] for a, b in pairs])
+    assert 0.56 < right.mean() < 0.72 and torch.equal(script.onehot(many[0], 0.36), pairs[0][1])
 
     tok = AutoTokenizer.from_pretrained(world_root(tiny_world) / "llama-tiny")
     ids = script.word_ids(nested, tok)
