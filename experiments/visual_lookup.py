@@ -19,7 +19,7 @@ questions; 0.5 = the image unused) and how often its sign is right. The visual t
 
     python experiments/visual_lookup.py LM_DIR --tokens words [--ask colour] [--steps 600] [--lr 3e-4]
         [--run outputs/runs/<id> [--fresh-connector] | --tower DIR] [--lm-captions 400] [--align-steps 600]
-        [--noise 1.0] [--wrong 0.36]
+        [--noise 1.0] [--wrong 0.36] [--textured]
 
 `LM_DIR` is a Llama folder with its tokenizer (the world's llama-tiny, or one `lm_reading.py --save`d).
 `--lm-captions N` first teaches the LM (N steps, all of it) to caption scenes from a text stand-in for the image, the
@@ -27,7 +27,8 @@ words of the kinds and colours under its patches (`checker_words`); `--align-ste
 captions of the visual tokens through the frozen LM (LLaVA's stage 1, 'plain' template), a fresh MLP for `onehot` and
 for `clip` with `--fresh-connector` or `--tower`; `--noise s` adds Gaussian noise of s times each token's own scale
 to the visual tokens; `--wrong r` gives `onehot` patches a wrong kind with probability r (features as legible as a
-tower's whose patches name their kind 1 - r of the time). One thread; the same arguments give the same figures on
+tower's whose patches name their kind 1 - r of the time); `--textured` shows the tower scenes drawn with
+lmm.world.scenes' kind textures. One thread; the same arguments give the same figures on
 one machine.
 """
 
@@ -105,14 +106,15 @@ def text_ids(scene: Scene, tok) -> torch.Tensor:
 
 
 @torch.no_grad()
-def tower_tokens(run: str | None, folder: str | None, scenes: list[Scene]) -> list[torch.Tensor]:
+def tower_tokens(run: str | None, folder: str | None, scenes: list[Scene],
+                 textured: bool = False) -> list[torch.Tensor]:
     """Each scene's patch features as the connector gets them: a run's tower and image transform, or a CLIP folder's
-    tower (penultimate layer) on the image padded to a square."""
+    tower (penultimate layer) on the image padded to a square; `textured`: the kinds drawn with their textures."""
     if run:
         from lmm.model.io import load_checkpoint
 
         model = load_checkpoint(f"{run}/instruct/model")
-        encode, prepare = model.model.encoder, lambda batch: torch.stack([model.image_processor(render(s))
+        encode, prepare = model.model.encoder, lambda batch: torch.stack([model.image_processor(render(s, textured))
                                                                          for s in batch])
     else:
         from lmm.model.encoder import VisionEncoder
@@ -120,7 +122,7 @@ def tower_tokens(run: str | None, folder: str | None, scenes: list[Scene]) -> li
 
         encode, transform = VisionEncoder.from_pretrained(folder, select_layer=-2), ImageTransform.from_pretrained(
             folder, aspect="pad")
-        prepare = lambda batch: torch.stack([transform(render(s)) for s in batch])  # noqa: E731
+        prepare = lambda batch: torch.stack([transform(render(s, textured)) for s in batch])  # noqa: E731
     return [f for b in range(0, len(scenes), 200) for f in encode(prepare(scenes[b:b + 200])).float()]
 
 
@@ -265,6 +267,7 @@ def main() -> None:
     ap.add_argument("--fresh-connector", action="store_true", help="--tokens clip: a new MLP, not the run's")
     ap.add_argument("--align-steps", type=int, default=0)
     ap.add_argument("--noise", type=float, default=0.0)
+    ap.add_argument("--textured", action="store_true", help="--tokens clip: kinds drawn with textures")
     ap.add_argument("--wrong", type=float, default=0.0,
                     help="--tokens onehot: the share of object patches given a wrong kind")
     args = ap.parse_args()
@@ -276,7 +279,7 @@ def main() -> None:
     scenes = [sample_scene(random.Random(f"visual-lookup-{j}")) for j in range(args.scenes + 600)]
     connector = None
     if args.tokens == "clip":
-        tokens = tower_tokens(args.run, args.tower, scenes)
+        tokens = tower_tokens(args.run, args.tower, scenes, args.textured)
         if args.run and not args.fresh_connector:
             from lmm.model.io import load_checkpoint
 

@@ -369,3 +369,8 @@ def test_visual_lookup_tower_tokens_are_the_padded_penultimate_patches(tiny_worl
                                         for s in scenes]))
     assert len(tokens) == 6 and tokens[0].shape == (encoder.num_patches, encoder.hidden_size)
     assert torch.allclose(torch.stack(tokens), expected)
+    with torch.no_grad():  # --textured: the same tower on the scenes drawn with the kinds' textures
+        textured = encoder(torch.stack([ImageTransform.from_pretrained(folder, aspect="pad")(render(s, True))
+                                        for s in scenes]))
+    assert torch.allclose(torch.stack(script.tower_tokens(None, str(folder), scenes, True)), textured)
+    assert not torch.allclose(textured, expected)

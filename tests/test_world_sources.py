@@ -204,6 +204,34 @@ def test_relations_and_counts_of_a_hand_built_scene():
     assert [Q.referring_expression(same, i) for i in (0, 1)] == ["the ball on the left", "the ball on the right"]
 
 
+def test_textured_kinds_show_in_one_patch_and_add_no_colour():
+    """Drawn with textures, an object's pixels are its colour or the background's, never a third; every 8 x 8 patch
+    of a 64-px square shows each patterned kind differently (so one patch tells the kind); untextured is solid."""
+    import numpy as np
+
+    from lmm.world.scenes import BACKGROUNDS, render, texture
+
+    scene = Scene(192, 192, "white", [Obj("box", "red", "large", (0.2, 0.2, 0.8, 0.8))])
+    inner = (slice(45, 147), slice(45, 147))
+    solid, textured = np.array(render(scene)), np.array(render(scene, textured=True))
+    assert (solid[inner] == COLORS["red"]).all()
+    red, blank = (textured[inner] == COLORS["red"]).all(-1), (textured[inner] == BACKGROUNDS["white"]).all(-1)
+    assert (red | blank).all() and 0.3 < red.mean() < 0.7
+    assert (red == red[:, :1]).all()  # the box's stripes run across: each row all colour or all background
+    nested = Scene(192, 192, "white", [Obj("box", "red", "large", (0.2, 0.2, 0.8, 0.8)),
+                                       Obj("tent", "blue", "small", (0.4, 0.4, 0.6, 0.6))], inside={1: 0})
+    tent = np.array(render(nested, textured=True))[105:113, 90:102]  # inside the tent, near its base
+    blue, white = (tent == COLORS["blue"]).all(-1), (tent == BACKGROUNDS["white"]).all(-1)
+    assert (blue | white).all() and blue.any() and white.any()  # cut through to the background, not the box
+    patterned = [k for k in KINDS if k not in ("ball", "ring")]
+    assert texture("ball", 64, 64).all() and texture("ring", 64, 64).all()
+    grids = {k: texture(k, 64, 64) for k in patterned}
+    for r in range(0, 64, 8):
+        for c in range(0, 64, 8):
+            patches = {grids[k][r:r + 8, c:c + 8].tobytes() for k in patterned}
+            assert len(patches) == len(patterned), (r, c)
+
+
 def test_every_answer_agrees_with_the_ground_truth():
     """Over many random scenes, every question has the answer the independent reading gives (a new question form
     must be taught to `oracle`), every answer is VQA-style, and every referring phrase picks out its object only."""

@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
@@ -225,9 +226,9 @@ def _outline(kind: str, b: tuple[float, float, float, float]) -> list[tuple[floa
     return None
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, o: Obj, w: int, h: int, background: tuple[int, int, int]) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, o: Obj, w: int, h: int, fill, hole) -> None:
+    """Object o's shape in pixel value `fill` (the ring's hole in `hole`)."""
     b = (o.box[0] * w, o.box[1] * h, o.box[2] * w, o.box[3] * h)
-    fill = COLORS[o.colour]
     x1, y1, x2, y2 = b
     poly = _outline(o.kind, b)
     if poly is not None:
@@ -240,7 +241,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, o: Obj, w: int, h: int, background: 
         draw.ellipse(b, fill=fill)
         rx, ry = 0.45 * (x2 - x1), 0.45 * (y2 - y1)
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        draw.ellipse((cx - rx / 1.6, cy - ry / 1.6, cx + rx / 1.6, cy + ry / 1.6), fill=background)
+        draw.ellipse((cx - rx / 1.6, cy - ry / 1.6, cx + rx / 1.6, cy + ry / 1.6), fill=hole)
     elif o.kind == "pill":  # a capsule lying on its side
         draw.rounded_rectangle((x1, y1 + 0.25 * (y2 - y1), x2, y2 - 0.25 * (y2 - y1)), radius=0.25 * (y2 - y1),
                                fill=fill)
@@ -250,8 +251,29 @@ def _draw_object(draw: ImageDraw.ImageDraw, o: Obj, w: int, h: int, background: 
         raise ValueError(f"unknown kind {o.kind!r}")
 
 
-def render(scene: Scene) -> Image.Image:
-    """The scene's picture at its native size (containers first, so what is inside them is drawn on top)."""
+def texture(kind: str, w: int, h: int) -> np.ndarray:
+    """(h, w) bool: where a `kind` object drawn with textures takes its colour (elsewhere inside its outline, the
+    background shows through, so a texture adds no colour). Stripes of four orientations, two widths, square holes, a
+    checkerboard, or solid; the period is 1/16 of the image's longer side (4 px of a 64-px tower's padded square), so
+    that one 8 x 8 patch shows the kind, where an outline spans several (experiments/world.md, twelfth measurement)."""
+    period = max(w, h) / 16
+    half = period / 2
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    on = {"box": (yy // half) % 2 == 0, "tent": (xx // half) % 2 == 0,
+          "kite": ((xx + yy) // (1.4 * half)) % 2 == 0, "pill": ((xx - yy) // (1.4 * half)) % 2 == 0,
+          "badge": ~(((xx % period) < half) & ((yy % period) < half)),
+          "nut": ((xx // half) + (yy // half)) % 2 == 0,
+          "bucket": (yy // period) % 2 == 0, "bowl": (xx // period) % 2 == 0}
+    if kind in on:
+        return on[kind]
+    if kind in KINDS:  # ball and ring are solid (the ring keeps its hole)
+        return np.ones((h, w), bool)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def render(scene: Scene, textured: bool = False) -> Image.Image:
+    """The scene's picture at its native size (containers first, so what is inside them is drawn on top); with
+    `textured`, each object's shape filled with its kind's texture (`texture`) instead of a solid colour."""
     w, h = scene.width, scene.height
     background = BACKGROUNDS[scene.background]
     img = Image.new("RGB", (w, h), background)
@@ -267,12 +289,20 @@ def render(scene: Scene) -> Image.Image:
         draw.text((s.box[0] * w + pad - x1, s.box[1] * h + (bh - (font.getbbox(s.word)[3] - y1)) / 2 - y1), s.word,
                   fill=(0, 0, 0), font=font)
     inner = set(scene.inside)
-    for i, o in enumerate(scene.objects):
-        if i not in inner:
-            _draw_object(draw, o, w, h, background)
-    for i in sorted(inner):
-        _draw_object(draw, scene.objects[i], w, h, background)
-    return img
+    order = [scene.objects[i] for i in range(len(scene.objects)) if i not in inner]
+    order += [scene.objects[i] for i in sorted(inner)]
+    if not textured:
+        for o in order:
+            _draw_shape(draw, o, w, h, COLORS[o.colour], background)
+        return img
+    pixels = np.array(img)
+    for o in order:
+        mask = Image.new("L", (w, h), 0)
+        _draw_shape(ImageDraw.Draw(mask), o, w, h, 255, 0)
+        inside, on = np.array(mask) > 0, texture(o.kind, w, h)
+        pixels[inside & on] = COLORS[o.colour]
+        pixels[inside & ~on] = background
+    return Image.fromarray(pixels)
 
 
 def visible_in_crop(b: Box, width: int, height: int) -> bool:
