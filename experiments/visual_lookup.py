@@ -19,7 +19,7 @@ questions; 0.5 = the image unused) and how often its sign is right. The visual t
 
     python experiments/visual_lookup.py LM_DIR --tokens words [--ask colour] [--steps 600] [--lr 3e-4]
         [--run outputs/runs/<id> [--fresh-connector] | --tower DIR] [--lm-captions 400] [--align-steps 600]
-        [--noise 1.0] [--wrong 0.36] [--textured]
+        [--noise 1.0] [--wrong 0.36] [--textured] [--seed 0]
 
 `LM_DIR` is a Llama folder with its tokenizer (the world's llama-tiny, or one `lm_reading.py --save`d).
 `--lm-captions N` first teaches the LM (N steps, all of it) to caption scenes from a text stand-in for the image, the
@@ -124,6 +124,12 @@ def tower_tokens(run: str | None, folder: str | None, scenes: list[Scene],
             folder, aspect="pad")
         prepare = lambda batch: torch.stack([transform(render(s, textured)) for s in batch])  # noqa: E731
     return [f for b in range(0, len(scenes), 200) for f in encode(prepare(scenes[b:b + 200])).float()]
+
+
+def lookup_scenes(n: int, seed: int = 0) -> list[Scene]:
+    """The run's scenes (the last 600 held out); seed 0 gives those of the runs recorded in experiments/world.md."""
+    name = "visual-lookup" if seed == 0 else f"visual-lookup-{seed}"
+    return [sample_scene(random.Random(f"{name}-{j}")) for j in range(n)]
 
 
 def question(scene: Scene, ask: str, rng: random.Random) -> tuple[str, int]:
@@ -267,16 +273,17 @@ def main() -> None:
     ap.add_argument("--fresh-connector", action="store_true", help="--tokens clip: a new MLP, not the run's")
     ap.add_argument("--align-steps", type=int, default=0)
     ap.add_argument("--noise", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0, help="scenes, weights and batches (0: the recorded runs)")
     ap.add_argument("--textured", action="store_true", help="--tokens clip: kinds drawn with textures")
     ap.add_argument("--wrong", type=float, default=0.0,
                     help="--tokens onehot: the share of object patches given a wrong kind")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
 
     tok = AutoTokenizer.from_pretrained(args.lm)
     llm = AutoModelForCausalLM.from_pretrained(args.lm)
-    scenes = [sample_scene(random.Random(f"visual-lookup-{j}")) for j in range(args.scenes + 600)]
+    scenes = lookup_scenes(args.scenes + 600, args.seed)
     connector = None
     if args.tokens == "clip":
         tokens = tower_tokens(args.run, args.tower, scenes, args.textured)
@@ -314,7 +321,7 @@ def main() -> None:
     if connector is not None and any(True for _ in connector.parameters()):
         groups.append({"params": list(connector.parameters()), "lr": args.connector_lr or args.lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    rng, start = random.Random(0), time.perf_counter()
+    rng, start = random.Random(args.seed), time.perf_counter()
     print(f"{args.tokens} tokens, asking {args.ask}: before training AUC %.3f, accuracy %.3f"
           % figures(model, held, yes, no), flush=True)
     for step in range(1, args.steps + 1):

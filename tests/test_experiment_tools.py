@@ -237,6 +237,9 @@ def test_visual_lookup_patches_splice_and_figures(tiny_world):
     assert torch.equal(flipped[:, len(KINDS):], hot[:, len(KINDS):]) and (flipped[:, :len(KINDS)].sum(1) == obj).all()
     assert not (flipped[obj, :len(KINDS)] * hot[obj, :len(KINDS)]).any()
     many = [sample_scene(random.Random(j)) for j in range(40)]
+    assert script.lookup_scenes(3) == [sample_scene(random.Random(f"visual-lookup-{j}")) for j in range(3)]
+    other = script.lookup_scenes(3, 1)
+    assert other != script.lookup_scenes(3) and other == script.lookup_scenes(3, 1)
     pairs = [(script.onehot(s), script.onehot(s, 0.36)) for s in many]
     right = torch.cat([(a[:, :len(KINDS)] * b[:, :len(KINDS)]).sum(1)[a[:, -1] == 0] for a, b in pairs])
     assert 0.56 < right.mean() < 0.72 and torch.equal(script.onehot(many[0], 0.36), pairs[0][1])
