@@ -107,23 +107,25 @@ def text_ids(scene: Scene, tok) -> torch.Tensor:
 
 @torch.no_grad()
 def tower_tokens(run: str | None, folder: str | None, scenes: list[Scene],
-                 textured: bool = False) -> list[torch.Tensor]:
-    """Each scene's patch features as the connector gets them: a run's tower and image transform, or a CLIP folder's
-    tower (penultimate layer) on the image padded to a square; `textured`: the kinds drawn with their textures."""
+                 textured: bool = False) -> tuple[list[torch.Tensor], nn.Module | None]:
+    """Each scene's patch features as the connector gets them, and the run's trained connector: a run's tower and image
+    transform, or a CLIP folder's tower (penultimate layer) on the image padded to a square, with no connector;
+    `textured`: the kinds drawn with their textures."""
     if run:
         from lmm.model.io import load_checkpoint
 
         model = load_checkpoint(f"{run}/instruct/model")
-        encode, prepare = model.model.encoder, lambda batch: torch.stack([model.image_processor(render(s, textured))
-                                                                         for s in batch])
+        encode, transform, connector = model.model.encoder, model.image_processor, model.model.connector
     else:
         from lmm.model.encoder import VisionEncoder
         from lmm.model.preprocess import ImageTransform
 
         encode, transform = VisionEncoder.from_pretrained(folder, select_layer=-2), ImageTransform.from_pretrained(
             folder, aspect="pad")
-        prepare = lambda batch: torch.stack([transform(render(s, textured)) for s in batch])  # noqa: E731
-    return [f for b in range(0, len(scenes), 200) for f in encode(prepare(scenes[b:b + 200])).float()]
+        connector = None
+    tokens = [f for b in range(0, len(scenes), 200)
+              for f in encode(torch.stack([transform(render(s, textured)) for s in scenes[b:b + 200]])).float()]
+    return tokens, connector
 
 
 def lookup_scenes(n: int, seed: int = 0) -> list[Scene]:
@@ -286,11 +288,8 @@ def main() -> None:
     scenes = lookup_scenes(args.scenes + 600, args.seed)
     connector = None
     if args.tokens == "clip":
-        tokens = tower_tokens(args.run, args.tower, scenes, args.textured)
-        if args.run and not args.fresh_connector:
-            from lmm.model.io import load_checkpoint
-
-            connector = load_checkpoint(f"{args.run}/instruct/model").model.connector
+        tokens, trained = tower_tokens(args.run, args.tower, scenes, args.textured)
+        connector = None if args.fresh_connector else trained
     elif args.tokens == "onehot":
         tokens = [onehot(s, args.wrong) for s in scenes]
     elif args.tokens == "codes":

@@ -365,7 +365,8 @@ def test_visual_lookup_tower_tokens_are_the_padded_penultimate_patches(tiny_worl
     folder = world_root(tiny_world) / "clip-tiny-res224"
     scenes = [sample_scene(random.Random(j)) for j in range(6)]
     assert any(s.width != s.height for s in scenes)
-    tokens = script.tower_tokens(None, str(folder), scenes)
+    tokens, connector = script.tower_tokens(None, str(folder), scenes)
+    assert connector is None  # a CLIP folder's tower comes with no connector: a fresh one is made
     encoder = VisionEncoder.from_pretrained(folder, select_layer=-2)
     with torch.no_grad():
         expected = encoder(torch.stack([ImageTransform.from_pretrained(folder, aspect="pad")(render(s))
@@ -375,5 +376,5 @@ def test_visual_lookup_tower_tokens_are_the_padded_penultimate_patches(tiny_worl
     with torch.no_grad():  # --textured: the same tower on the scenes drawn with the kinds' textures
         textured = encoder(torch.stack([ImageTransform.from_pretrained(folder, aspect="pad")(render(s, True))
                                         for s in scenes]))
-    assert torch.allclose(torch.stack(script.tower_tokens(None, str(folder), scenes, True)), textured)
+    assert torch.allclose(torch.stack(script.tower_tokens(None, str(folder), scenes, True)[0]), textured)
     assert not torch.allclose(textured, expected)

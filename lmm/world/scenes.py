@@ -259,16 +259,18 @@ def texture(kind: str, w: int, h: int) -> np.ndarray:
     period = max(w, h) / 16
     half = period / 2
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    on = {"box": (yy // half) % 2 == 0, "tent": (xx // half) % 2 == 0,
-          "kite": ((xx + yy) // (1.4 * half)) % 2 == 0, "pill": ((xx - yy) // (1.4 * half)) % 2 == 0,
-          "badge": ~(((xx % period) < half) & ((yy % period) < half)),
-          "nut": ((xx // half) + (yy // half)) % 2 == 0,
-          "bucket": (yy // period) % 2 == 0, "bowl": (xx // period) % 2 == 0}
-    if kind in on:
-        return on[kind]
-    if kind in KINDS:  # ball and ring are solid (the ring keeps its hole)
+    if kind in ("ball", "ring"):  # solid (the ring keeps its hole)
         return np.ones((h, w), bool)
-    raise ValueError(f"unknown kind {kind!r}")
+    if kind == "badge":
+        return ~(((xx % period) < half) & ((yy % period) < half))
+    if kind == "nut":
+        return ((xx // half) + (yy // half)) % 2 == 0
+    stripes = {"box": (yy, half), "tent": (xx, half), "kite": (xx + yy, 1.4 * half), "pill": (xx - yy, 1.4 * half),
+               "bucket": (yy, period), "bowl": (xx, period)}
+    if kind not in stripes:
+        raise ValueError(f"unknown kind {kind!r}")
+    along, width = stripes[kind]
+    return (along // width) % 2 == 0
 
 
 def render(scene: Scene, textured: bool = False) -> Image.Image:
