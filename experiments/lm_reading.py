@@ -29,24 +29,22 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from lmm.world.dialogue import existence
+from lmm.world.lm_text import pretraining_text, reading_turns
 from lmm.world.pretrain import llama_config
 from lmm.world.questions import article, detailed_description
 from lmm.world.scenes import sample_scene
-from lmm.world.sources import pretraining_text
 
 IGNORE = -100
 
 
 def reading_document(tok: PreTrainedTokenizerBase, rng: random.Random, questions: int,
                      loss: str) -> tuple[list[int], list[int]]:
-    """BOS + a scene's description + `questions` existence turns about it: (ids, labels); with loss="answers" only
-    the answers' tokens are labelled."""
-    scene = sample_scene(rng)
-    ids = [tok.bos_token_id, *tok(detailed_description(scene), add_special_tokens=False).input_ids]
+    """BOS + a scene's description + `questions` existence turns about it (lmm.world.lm_text.reading_turns): (ids,
+    labels); with loss="answers" only the answers' tokens are labelled."""
+    description, turns = reading_turns(sample_scene(rng), rng, questions)
+    ids = [tok.bos_token_id, *tok(description, add_special_tokens=False).input_ids]
     labels = list(ids) if loss == "all" else [IGNORE] * len(ids)
-    for _ in range(questions):
-        q, a = existence(scene, rng)
+    for q, a in turns:
         q_ids = tok(" " + q, add_special_tokens=False).input_ids
         a_ids = tok(" " + a, add_special_tokens=False).input_ids
         ids += q_ids + a_ids

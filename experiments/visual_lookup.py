@@ -46,26 +46,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lmm.constants import IMAGE_TOKEN_INDEX
 from lmm.data.formats import SHORT_ANSWER
 from lmm.data.templates import VicunaV1Template
-from lmm.world.scenes import COLORS, KINDS, Obj, Scene, render, sample_scene
+from lmm.world.scenes import COLORS, KINDS, Obj, Scene, patch_objects, render, sample_scene
 
 GRID = 8  # patches per side: the world's tower sees 64 px in patches of 8
 
 
 def under_patches(scene: Scene, grid: int = GRID) -> list[Obj | None]:
-    """The object under each patch centre of the image padded to a square (row-major), None for background; where
-    objects overlap, the one drawn last (an object inside a container) wins, as in the picture."""
-    side = max(scene.width, scene.height)
-    ox, oy = (side - scene.width) / 2, (side - scene.height) / 2
-    out = []
-    for p in range(grid * grid):
-        u = (((p % grid) + 0.5) / grid * side - ox) / scene.width
-        v = (((p // grid) + 0.5) / grid * side - oy) / scene.height
-        hit = None
-        for o in scene.objects:
-            if o.box[0] <= u <= o.box[2] and o.box[1] <= v <= o.box[3]:
-                hit = o
-        out.append(hit)
-    return out
+    """The object under each patch centre of the image padded to a square (row-major), None for background."""
+    return patch_objects(scene, grid, "pad")
 
 
 def caption(scene: Scene) -> str:

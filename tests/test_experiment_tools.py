@@ -110,6 +110,29 @@ def test_tower_features_are_what_the_connector_gets_and_the_probe_is_held_out(tm
     assert script.probe(noise, scenes, train=300, steps=300)["kinds_auc"] < 0.65
 
 
+def test_tower_features_per_patch_probe_names_what_is_under_each_patch():
+    """Features that are the patch's own labels (plus noise) are named right nearly always, noise at about chance;
+    only object patches count, and the labels follow the padded square (lmm.world.scenes.patch_objects)."""
+    from lmm.world.scenes import COLORS, patch_objects
+
+    script = _script("tower_features")
+    rng = random.Random(1)
+    scenes = [sample_scene(rng) for _ in range(300)]
+    colours = list(COLORS)
+    told = torch.zeros(len(scenes), 16, len(KINDS) + len(colours))
+    for i, s in enumerate(scenes):
+        for p, o in enumerate(patch_objects(s, 4, "pad")):
+            if o is not None:
+                told[i, p, KINDS.index(o.kind)] = told[i, p, len(KINDS) + colours.index(o.colour)] = 1
+    told += 0.1 * torch.randn_like(told)
+    right = script.patch_probe(told, scenes, train=250, steps=300)
+    assert right["kind"] > 0.95 and right["colour"] > 0.95
+    noise = script.patch_probe(torch.randn_like(told), scenes, train=250, steps=300)
+    assert noise["kind"] < 0.3 and noise["colour"] < 0.35
+    shifted = torch.roll(told, 1, dims=1)  # each patch given its neighbour's labels
+    assert script.patch_probe(shifted, scenes, train=250, steps=300)["kind"] < 0.8
+
+
 def test_tower_oracle_tells_the_vision_tower_up_to_its_layer_and_keeps_the_rest(tmp_path):
     """Only the vision tower learns, and only up to the layer its head reads (the layer the connector is handed):
     the last layer, the text tower and the projections are saved as they were; the result loads as LLaVA's tower."""

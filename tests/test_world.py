@@ -108,3 +108,25 @@ def test_a_half_built_folder_is_rebuilt(tmp_path, monkeypatch):
     (root / "world.json").write_text(json.dumps(stale))
     build.ensure_world(root, {"seed": 0})
     assert len(calls) == 2 and json.loads((root / "world.json").read_text())["spec"]["seed"] == 0
+
+
+def test_the_world_is_drawn_as_its_spec_says_and_its_clip_pairs_keep_their_scenes(tiny_world):
+    """The tiny spec draws kinds with textures: the stage-1 images on disk are their scenes' textured renders (the
+    scenes the CLIP's per-patch targets come from), not the plain ones; the large LM is the small one grown."""
+    import numpy as np
+    from transformers import AutoConfig
+
+    from lmm.world.build import stage1_pairs
+    from lmm.world.scenes import render
+
+    cfg = cfg_of(f"paths.cache_dir={tiny_world}", SMALL_WORLD)
+    assert cfg.world.spec.textured
+    images, captions, scenes = stage1_pairs(Path(cfg.world.data), cfg.world.spec.seed)
+    assert len(images) == len(captions) == len(scenes) == cfg.world.spec.sources.lcs558k
+    plain_differs = 0
+    for image, scene in zip(images, scenes, strict=True):
+        assert (np.array(image) == np.array(render(scene, textured=True))).all()
+        plain_differs += bool((np.array(image) != np.array(render(scene, textured=False))).any())
+    assert plain_differs > len(images) // 2
+    small, large = (AutoConfig.from_pretrained(cfg.world.backbones[k]) for k in ("llm_small", "llm_large"))
+    assert large.num_hidden_layers == 2 * small.num_hidden_layers and large.hidden_size == small.hidden_size

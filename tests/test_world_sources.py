@@ -19,8 +19,9 @@ from lmm.data.records import parse_record, record_problem, repair_record
 from lmm.data.sources.carve import SOURCES, classify
 from lmm.world import questions as Q
 from lmm.world.knowledge import FACTS, fact_sentences, split_facts
+from lmm.world.lm_text import pretraining_text
 from lmm.world.scenes import COLORS, KINDS, SIZES, WORDS, Obj, Scene, box_text, sample_scene
-from lmm.world.sources import MIX_JSON, OKVQA_IDS, POOLS, PRETRAIN_JSON, Images, build_sources, pretraining_text
+from lmm.world.sources import MIX_JSON, OKVQA_IDS, POOLS, PRETRAIN_JSON, Images, build_sources
 
 SIZES_SMALL = {"lcs558k": 12, "llava_instruct": 12, "sharegpt": 6, "vqav2": 10, "okvqa": 8, "gqa": 10, "ocrvqa": 8,
                "aokvqa": 10, "textcaps": 6, "refcoco": 10, "vg": 8}
@@ -230,6 +231,43 @@ def test_textured_kinds_show_in_one_patch_and_add_no_colour():
         for c in range(0, 64, 8):
             patches = {grids[k][r:r + 8, c:c + 8].tobytes() for k in patterned}
             assert len(patches) == len(patterned), (r, c)
+
+
+def test_drawing_sets_how_render_draws_until_it_ends():
+    import numpy as np
+
+    from lmm.world.scenes import drawing, render
+
+    scene = Scene(192, 192, "white", [Obj("box", "red", "large", (0.2, 0.2, 0.8, 0.8))])
+    plain, textured = (np.array(render(scene, textured=t)) for t in (False, True))
+    assert (plain != textured).any()
+    with drawing(True):
+        assert (np.array(render(scene)) == textured).all()
+        assert (np.array(render(scene, textured=False)) == plain).all()  # an explicit flag wins
+        with drawing(False):
+            assert (np.array(render(scene)) == plain).all()
+        assert (np.array(render(scene)) == textured).all()  # the outer setting is back
+    assert (np.array(render(scene)) == plain).all()
+
+
+def test_patch_objects_follow_the_square_the_tower_sees():
+    """A 3:2 picture, an object at its far left: padded to a square (LLaVA) it is in the left column of patches at
+    the middle rows; centre-cropped (CLIP's processor) it is cut off; the container's inner object wins its patch."""
+    from lmm.world.scenes import patch_objects
+
+    left = Obj("ball", "red", "medium", (0.0, 0.3, 0.15, 0.7))
+    box, inner = Obj("box", "blue", "large", (0.3, 0.2, 0.7, 0.8)), Obj("nut", "green", "small", (0.45, 0.4, 0.55, 0.6))
+    scene = Scene(240, 160, "white", [left, inner, box], inside={1: 2})  # the inner nut listed before its box
+    pad = patch_objects(scene, 4, "pad")  # a 240-px square, the picture in its rows 40..200; cells of 60 px
+    assert [pad[4 * r] for r in range(4)] == [None, left, left, None]
+    assert [pad[4 * r + c] for r in (1, 2) for c in (1, 2)] == [box] * 4 and pad[1] is None
+    crop = patch_objects(scene, 4, "crop")  # the picture's middle 160 x 160 (x 40..200); cells of 40 px
+    assert left not in crop and [crop[4 * r + c] for r in (1, 2) for c in (1, 2)] == [box] * 4
+    fine = patch_objects(scene, 8, "crop")  # cells of 20 px: centres at x 110, 130 and y 70, 90 fall on the nut
+    assert [fine[8 * r + c] for r in (3, 4) for c in (3, 4)] == [inner] * 4  # drawn on top of its box, so it wins
+    assert fine[8 * 2 + 3] is box
+    with pytest.raises(ValueError, match="aspect"):
+        patch_objects(scene, 4, "stretch")
 
 
 def test_every_answer_agrees_with_the_ground_truth():

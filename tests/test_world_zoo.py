@@ -18,7 +18,7 @@ from lmm.data.templates import VICUNA_V1_SYSTEM, PlainTemplate, VicunaV1Template
 from lmm.model.encoder import VisionEncoder
 from lmm.model.llm import load_tokenizer
 from lmm.model.preprocess import ImageTransform
-from lmm.world import zoo_clip
+from lmm.world import clip_objectives, zoo_clip
 from lmm.world.pretrain import Batches, heldout_perplexity, seeded, token_stream
 from lmm.world.zoo import build_siglip_tower, build_tokenizer, pretrain_clip, pretrain_llm
 from lmm.world.zoo_clip import END_OF_TEXT, crop_pixels, normalize, retrieval_top1, tokenize_captions
@@ -378,7 +378,7 @@ def test_caption_word_targets_hold_each_captions_words_and_no_special_token(tok)
     text_tok = zoo_clip.clip_text_tokenizer(tok)
     ids, lengths = tokenize_captions(text_tok, ["a red square", "a blue circle on a black background"], 16)
     special = (text_tok.bos_token_id, text_tok.eos_token_id)
-    targets = zoo_clip.caption_word_targets(ids, lengths, len(text_tok), special)
+    targets = clip_objectives.caption_word_targets(ids, lengths, len(text_tok), special)
     square, circle = text_tok.convert_tokens_to_ids(["▁square", "▁circle"])
     assert targets[0, square] == 1 and targets[0, circle] == 0 and targets[1, circle] == 1
     assert targets[:, list(special)].sum() == 0 and targets[:, text_tok.pad_token_id].sum() == 0  # pad: not a word
@@ -388,7 +388,7 @@ def test_caption_word_targets_hold_each_captions_words_and_no_special_token(tok)
 
 def test_caption_words_read_the_patches_of_their_layer():
     torch.manual_seed(0)
-    head = zoo_clip.CaptionWords(hidden_size=8, vocab_size=5, layer=-2)
+    head = clip_objectives.CaptionWords(hidden_size=8, vocab_size=5, layer=-2)
     states = [torch.randn(2, 5, 8) for _ in range(4)]
     out = head(states)
     moved = [s.clone() for s in states]
@@ -407,12 +407,13 @@ def test_caption_word_loss_is_clips_plus_a_word_term_summed_over_the_vocabulary(
     ids, lengths = tokenize_captions(text_tok, CAPTIONS[:6], 32)
     texts = zoo_clip._text_batch(ids, lengths, torch.arange(6))
     plain = model(input_ids=texts[0], attention_mask=texts[1], pixel_values=pixels, return_loss=True).loss
-    words = zoo_clip.CaptionWords(16, len(text_tok))
+    words = clip_objectives.CaptionWords(16, len(text_tok))
     torch.nn.init.zeros_(words.score.weight)
     torch.nn.init.zeros_(words.score.bias)
-    targets = zoo_clip.caption_word_targets(ids, lengths, len(text_tok), (tok.bos_token_id,))
-    assert torch.allclose(zoo_clip._loss_with_words(model, words, 0.0, pixels, texts, targets), plain, atol=1e-5)
-    with_words = zoo_clip._loss_with_words(model, words, 0.5, pixels, texts, targets)
+    targets = clip_objectives.caption_word_targets(ids, lengths, len(text_tok), (tok.bos_token_id,))
+    loss_with = clip_objectives.loss_with_heads
+    assert torch.allclose(loss_with(model, pixels, texts, [(0.0, words, targets)]), plain, atol=1e-5)
+    with_words = loss_with(model, pixels, texts, [(0.5, words, targets)])
     assert torch.allclose(with_words, plain + 0.5 * len(text_tok) * math.log(2), atol=1e-3)
 
 
@@ -426,3 +427,184 @@ def test_clip_pretrains_with_caption_words_and_saves_a_plain_clip(tmp_path, tok)
     with pytest.raises(ValueError, match="separate recipes"):
         pretrain_clip(tmp_path / "both", IMAGES, CAPTIONS, tok, image_size=16, steps=1, caption_words=1.0,
                       negatives=[[c] for c in CAPTIONS], **SMALL_CLIP)
+
+
+def _world_scenes(n: int) -> list:
+    import random
+
+    from lmm.world.scenes import sample_scene
+
+    return [sample_scene(random.Random(f"zoo-{i}")) for i in range(n)]
+
+
+def test_patch_label_targets_name_the_thing_under_each_patch():
+    from lmm.world.scenes import COLORS, KINDS, Obj, Scene, patch_objects
+
+    scenes = [*_world_scenes(5), Scene(64, 64, "white", [Obj("kite", "pink", "large", (0.0, 0.0, 0.5, 0.5))])]
+    targets = clip_objectives.patch_label_targets(scenes, 4, "crop")
+    assert targets.shape == (6, 16, 2) and targets.dtype == torch.long
+    assert targets[5, :, 0].tolist() == [KINDS.index("kite")] * 2 + [len(KINDS)] * 2 + [KINDS.index("kite")] * 2 + [
+        len(KINDS)] * 10
+    assert set(targets[5, :, 1].tolist()) == {list(COLORS).index("pink"), len(COLORS)}
+    for scene, t in zip(scenes, targets, strict=True):
+        for o, (kind, colour) in zip(patch_objects(scene, 4, "crop"), t.tolist(), strict=True):
+            assert (kind, colour) == ((len(KINDS), len(COLORS)) if o is None
+                                      else (KINDS.index(o.kind), list(COLORS).index(o.colour)))
+
+
+def test_patch_labels_read_each_patch_of_their_layer_and_add_two_cross_entropies(tok):
+    """A zero head scores every class alike: the loss is ln(kinds + 1) + ln(colours + 1) whatever the targets; a head
+    reads its layer's patches only (not the class token, not another layer); with weight 0 the loss is CLIP's."""
+    from lmm.world.scenes import COLORS, KINDS
+
+    torch.manual_seed(0)
+    head = clip_objectives.PatchLabels(hidden_size=8, layer=-2)
+    states = [torch.randn(2, 5, 8) for _ in range(4)]
+    kind, colour = head(states)
+    assert kind.shape == (2, 4, len(KINDS) + 1) and colour.shape == (2, 4, len(COLORS) + 1)
+    moved = [s.clone() for s in states]
+    moved[-2][:, 0], moved[-1] = 100 * torch.randn(2, 8), 100 * torch.randn(2, 5, 8)
+    assert torch.equal(head(moved)[0], kind)
+    moved[-2][:, 2] = torch.randn(2, 8)
+    assert not torch.equal(head(moved)[0], kind)
+    targets = torch.randint(0, 9, (2, 4, 2))
+    by_hand = sum(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[..., j].reshape(-1))
+                  for j, logits in enumerate((kind, colour)))
+    assert torch.allclose(head.loss(states, targets), by_hand)
+    for layer in (head.kind, head.colour):
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    uniform = math.log(len(KINDS) + 1) + math.log(len(COLORS) + 1)
+    assert math.isclose(float(head.loss(states, targets).detach()), uniform, rel_tol=1e-6)
+    model, text_tok = _small_clip(tok), zoo_clip.clip_text_tokenizer(tok)
+    pixels = normalize(crop_pixels(IMAGES[:6], 16))
+    ids, lengths = tokenize_captions(text_tok, CAPTIONS[:6], 32)
+    texts = zoo_clip._text_batch(ids, lengths, torch.arange(6))
+    plain = model(input_ids=texts[0], attention_mask=texts[1], pixel_values=pixels, return_loss=True).loss
+    labels = clip_objectives.patch_label_targets(_world_scenes(6), 2, "crop")
+    wide = clip_objectives.PatchLabels(16)
+    with_head = clip_objectives.loss_with_heads(model, pixels, texts, [(0.5, wide, labels)])
+    assert torch.allclose(clip_objectives.loss_with_heads(model, pixels, texts, [(0.0, wide, labels)]), plain)
+    assert float(with_head) > float(plain) + 0.5
+
+
+def test_clip_pretrains_with_patch_labels_and_saves_a_plain_clip(tmp_path, tok):
+    scenes = _world_scenes(len(IMAGES))
+    out = pretrain_clip(tmp_path / "patches", IMAGES, CAPTIONS, tok, image_size=16, steps=5, patch_labels=1.0,
+                        scenes=scenes, **SMALL_CLIP)
+    plain = pretrain_clip(tmp_path / "plain", IMAGES, CAPTIONS, tok, image_size=16, steps=5, **SMALL_CLIP)
+    assert out["first_loss"] > plain["first_loss"] + 2 and _bytes(tmp_path / "patches") != _bytes(tmp_path / "plain")
+    saved = CLIPModel.from_pretrained(tmp_path / "patches")
+    assert set(saved.state_dict()) == set(CLIPModel.from_pretrained(tmp_path / "plain").state_dict())
+    high = pretrain_clip(tmp_path / "high", IMAGES, CAPTIONS, tok, image_size=24, steps=2, patch_labels=1.0,
+                         scenes=scenes, init_from=tmp_path / "patches", batch_size=8, progress=False)
+    assert high["num_patches"] == 9 and high["first_loss"] > plain["first_loss"]  # a 3 x 3 grid of targets
+    with pytest.raises(ValueError, match="the scene of every image"):
+        pretrain_clip(tmp_path / "none", IMAGES, CAPTIONS, tok, image_size=16, steps=1, patch_labels=1.0,
+                      **SMALL_CLIP)
+    with pytest.raises(ValueError, match="separate recipes"):
+        pretrain_clip(tmp_path / "neg", IMAGES, CAPTIONS, tok, image_size=16, steps=1, patch_labels=1.0,
+                      scenes=scenes, negatives=[[c] for c in CAPTIONS], **SMALL_CLIP)
+
+
+# ---- the LMs' reading and grid documents (lmm.world.lm_text) and their place in the pretraining ------------------
+
+
+def test_document_rows_frame_each_document_alone_and_mask_the_padding(tok):
+    from lmm.world.pretrain import document_rows
+
+    docs = [CAPTIONS[0], " ".join(CAPTIONS)]
+    ids, labels = document_rows(tok, docs, 12)
+    first = [1, *tok(docs[0], add_special_tokens=False)["input_ids"], 2]
+    assert ids[0, :len(first)].tolist() == first and labels[0, :len(first)].tolist() == first
+    assert (labels[0, len(first):] == -100).all() and (ids[0, len(first):] == tok.pad_token_id).all()
+    assert ids[1].tolist() == [1, *tok(docs[1], add_special_tokens=False)["input_ids"]][:12]  # cut, from its start
+    assert (labels[1] != -100).all()
+
+
+def _spy_batches(monkeypatch) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    forward = LlamaForCausalLM.forward
+
+    def spy(self, *args, **kwargs):
+        if self.training:
+            seen.append(kwargs["input_ids"].clone())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", spy)
+    return seen
+
+
+def test_reading_steps_come_first_then_document_rows_join_the_text_blocks(tmp_path, tok, monkeypatch):
+    reading = [f"{c} Is there a square? Yes." for c in CAPTIONS]
+    docs = [f"{c} {a}" for c, a in zip(QUESTIONS, ANSWERS, strict=True)]
+    seen = _spy_batches(monkeypatch)
+    out = pretrain_llm(tmp_path / "docs", tok, LM_TEXTS * 4, steps=3, reading=reading, reading_steps=2,
+                       documents=docs, documents_share=0.5, **SMALL_LM)
+    assert out["steps"] == 5 and len(seen) == 5 and all(b.shape == (4, 32) for b in seen[2:])
+    longest = max(len(tok(r)["input_ids"]) for r in reading) + 1  # BOS + document + EOS, no column of padding alone
+    assert all(b.shape == (4, longest) for b in seen[:2]) and longest < 32
+    reading_rows = {tuple([1, *tok(r, add_special_tokens=False)["input_ids"], 2]) for r in reading}
+    doc_rows = {tuple([1, *tok(d, add_special_tokens=False)["input_ids"], 2]) for d in docs}
+
+    def unpadded(row: torch.Tensor) -> tuple[int, ...]:
+        n = len(row) - int((row.flip(0).cumsum(0) == 0).sum())  # right padding is the pad id (0)
+        return tuple(row[:n].tolist())
+
+    for batch in seen[:2]:  # documents alone, one per row
+        assert all(unpadded(row) in reading_rows for row in batch)
+    for batch in seen[2:]:  # two text blocks (the packed stream) and two document rows
+        assert all(unpadded(row) in doc_rows for row in batch[2:])
+        assert not any(unpadded(row) in doc_rows | reading_rows for row in batch[:2])
+    with pytest.raises(ValueError, match="no reading documents"):
+        pretrain_llm(tmp_path / "x", tok, LM_TEXTS * 4, steps=1, reading_steps=2, **SMALL_LM)
+    with pytest.raises(ValueError, match="but no documents"):
+        pretrain_llm(tmp_path / "y", tok, LM_TEXTS * 4, steps=1, documents_share=0.5, **SMALL_LM)
+
+
+def test_a_grown_llama_repeats_each_layer_of_the_smaller_one(llm, tmp_path, tok):
+    from lmm.world.pretrain import grown
+
+    small = LlamaForCausalLM.from_pretrained(llm["folder"])
+    big = grown(llm["folder"], 2)
+    assert big.config.num_hidden_layers == 2 * small.config.num_hidden_layers
+    for i, layer in enumerate(small.model.layers):
+        for copy in (big.model.layers[2 * i], big.model.layers[2 * i + 1]):
+            for (name, p), q in zip(layer.named_parameters(), copy.parameters(), strict=True):
+                assert torch.equal(p, q), (i, name)
+    assert torch.equal(big.lm_head.weight, small.lm_head.weight)
+    assert torch.equal(big.model.embed_tokens.weight, small.model.embed_tokens.weight)
+    out = pretrain_llm(tmp_path / "large", tok, LM_TEXTS * 4, steps=3, grow_from=llm["folder"],
+                       **{k: v for k, v in SMALL_LM.items() if k not in ("hidden_size", "num_layers")})
+    saved = LlamaForCausalLM.from_pretrained(tmp_path / "large")
+    assert saved.config.num_hidden_layers == 4 and out["params"] > llm["params"]
+    with pytest.raises(ValueError, match="keeps the width"):
+        pretrain_llm(tmp_path / "wide", tok, LM_TEXTS * 4, steps=1, grow_from=llm["folder"], **SMALL_LM)
+
+
+def test_grid_documents_answer_from_the_stand_in_and_copy_its_objects():
+    import random
+    import re
+
+    from lmm.world.lm_text import grid_documents, patch_words
+    from lmm.world.scenes import KINDS, sample_scene
+
+    docs = grid_documents(random.Random(3), 300)
+    again = grid_documents(random.Random(3), 300)
+    assert docs == again
+    answers = {"Yes.": 0, "No.": 0}
+    for doc in docs:
+        grid, caption, turns = doc.split("\n")
+        words = grid.split(" ")
+        assert len(words) == 64
+        shown = {w for w in words if w in KINDS}
+        named = set(re.findall(rf"\b({'|'.join(KINDS)})\b", caption))
+        assert named == shown and (caption == "nothing") == (not shown)
+        for kind, answer in re.findall(r"Is there an? (\w+) in the image\? (Yes\.|No\.)", turns):
+            assert (answer == "Yes.") == (kind in shown)
+            answers[answer] += 1
+    assert answers["Yes."] > 300 and answers["No."] > 300  # both ways
+    scene = sample_scene(random.Random(5))
+    words = patch_words(scene)
+    assert {w for w in words if w != "background"} <= {o.kind for o in scene.objects} | {o.colour for o in
+                                                                                          scene.objects}

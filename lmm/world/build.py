@@ -31,9 +31,10 @@ from lmm.data.templates import VICUNA_V1_SYSTEM
 from lmm.log import log
 from lmm.world.benchmarks import build_benchmarks
 from lmm.world.knowledge import split_facts
+from lmm.world.lm_text import grid_documents, pretraining_text, reading_documents
 from lmm.world.questions import caption, contrast_caption
-from lmm.world.scenes import render, sample_scene
-from lmm.world.sources import build_sources, pretraining_text
+from lmm.world.scenes import Scene, drawing, render, sample_scene
+from lmm.world.sources import Images, build_sources
 from lmm.world.spec import plain_spec
 from lmm.world.zoo import build_siglip_tower, build_tokenizer, pretrain_clip, pretrain_llm
 
@@ -53,15 +54,17 @@ def _timed(report: dict[str, Any], step: str, fn: Any, *args: Any, **kwargs: Any
     return out
 
 
-def stage1_pairs(data: Path) -> tuple[list[Image.Image], list[str]]:
-    """The stage-1 (LCS-558K analog) images and captions: CLIP's pretraining pairs, as LAION is CLIP-L/14's."""
+def stage1_pairs(data: Path, seed: int) -> tuple[list[Image.Image], list[str], list[Scene]]:
+    """The stage-1 (LCS-558K analog) images, captions and scenes (their ground truth, from the image's index in its
+    pool): CLIP's pretraining pairs, as LAION is CLIP-L/14's."""
     folder = data / "LLaVA-Pretrain"
     records = json.loads((folder / "blip_laion_cc_sbu_558k.json").read_text())
-    images = []
+    images, pool = [], Images(data, seed)
     for r in records:
         with Image.open(folder / "images" / r["image"]) as img:
             images.append(img.convert("RGB"))
-    return images, [r["conversations"][1]["value"] for r in records]
+    scenes = [pool.scene("lcs", int(Path(r["image"]).stem)) for r in records]
+    return images, [r["conversations"][1]["value"] for r in records], scenes
 
 
 def heldout_pairs(n: int, seed: int) -> tuple[list[Image.Image], list[str]]:
@@ -69,6 +72,17 @@ def heldout_pairs(n: int, seed: int) -> tuple[list[Image.Image], list[str]]:
     rng = random.Random(f"{seed}-clip-heldout")
     scenes = [sample_scene(rng) for _ in range(n)]
     return [render(s) for s in scenes], [caption(s, rng) for s in scenes]
+
+
+def lm_documents(text: dict[str, Any], seed: int) -> tuple[list[str], list[str]]:
+    """The LMs' documents beside the world's text (lmm.world.lm_text), each kind from its own seeded stream: `reading`
+    grid documents for the steps before the text, and `documents` ({"reading": n, "grid": m}: description and grid
+    documents) for rows beside it; none when the spec has neither key."""
+    reading = grid_documents(random.Random(f"{seed}-lm-first"), text.get("reading", 0))
+    sizes = text.get("documents", {})
+    documents = (reading_documents(random.Random(f"{seed}-lm-reading"), sizes.get("reading", 0))
+                 + grid_documents(random.Random(f"{seed}-lm-grid"), sizes.get("grid", 0)))
+    return reading, documents
 
 
 def hard_negatives(captions: list[str], k: int, seed: int) -> list[list[str]] | None:
@@ -80,7 +94,14 @@ def hard_negatives(captions: list[str], k: int, seed: int) -> list[list[str]] | 
 
 
 def _build(root: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
-    """Everything of the world into `root`: data first (the zoo learns from it), then the tokenizer and the zoo."""
+    """Everything of the world into `root`, its pictures drawn as the spec says (`textured`: each kind's shape filled
+    with its own pattern, lmm.world.scenes.texture; absent = plain)."""
+    with drawing(spec.get("textured", False)):
+        return _build_drawn(root, spec, progress)
+
+
+def _build_drawn(root: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Data first (the zoo learns from it), then the tokenizer and the zoo."""
     hf_logging.disable_progress_bar()
     seed, zoo = spec["seed"], spec["zoo"]
     report: dict[str, Any] = {"seconds": {}, "figures": {}}
@@ -95,11 +116,16 @@ def _build(root: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
     prompts = [VICUNA_V1_SYSTEM, "USER:", "ASSISTANT:", *(p for p in PROMPTS.values() if p)]
     tokenizer = _timed(report, "tokenizer", build_tokenizer, text + prompts, root / "tokenizer",
                        vocab_size=zoo["vocab_size"])
+    reading, documents = lm_documents(zoo["text"], seed)
     for name, folder in (("llm_small", "llama-tiny"), ("llm_large", "llama-tiny-large")):
+        recipe = dict(zoo[name])
+        if grow := recipe.pop("grow", None):  # the larger LM continues the smaller one, deeper
+            recipe.update(grow_from=root / "llama-tiny", repeat_layers=grow)
         _timed(report, name, pretrain_llm, root / folder, tokenizer, text, heldout_texts=heldout_text, seed=seed,
-               progress=progress, **zoo[name])
+               progress=progress, reading=reading if recipe.get("reading_steps") else (),
+               documents=documents if recipe.get("documents_share") else (), **recipe)
 
-    images, captions = stage1_pairs(data)
+    images, captions, scenes = stage1_pairs(data, seed)
     heldout = heldout_pairs(zoo["clip"]["heldout"], seed)
     # hard negatives per caption (optional; a spec without the key is the world it always was)
     low = {k: v for k, v in zoo["clip"]["low"].items() if k != "hard_negatives"}
@@ -107,10 +133,10 @@ def _build(root: Path, spec: dict[str, Any], progress: bool) -> dict[str, Any]:
     # the higher resolution continues the lower one: same architecture, the recipe of `high` over `low`'s
     high = {**{k: v for k, v in low.items() if k not in ARCHITECTURE}, **zoo["clip"]["high"]}
     _timed(report, "clip_res224", pretrain_clip, root / "clip-tiny-res224", images, captions, tokenizer,
-           heldout=heldout, seed=seed, progress=progress, negatives=negatives, **low)
+           heldout=heldout, seed=seed, progress=progress, negatives=negatives, scenes=scenes, **low)
     _timed(report, "clip_res336", pretrain_clip, root / "clip-tiny-res336", images, captions, tokenizer,
            heldout=heldout, seed=seed, progress=progress, init_from=root / "clip-tiny-res224", negatives=negatives,
-           **high)
+           scenes=scenes, **high)
     for res, size in (("res224", low["image_size"]), ("res336", high["image_size"])):
         build_siglip_tower(root / f"siglip-tiny-{res}", image_size=size, patch_size=low["patch_size"],
                            hidden_size=low["hidden_size"], num_layers=low["num_layers"], seed=seed)

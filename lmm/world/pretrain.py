@@ -67,10 +67,13 @@ class Clock:
                 "cpu_seconds": round(time.process_time() - self.cpu, 1)}
 
 
-def cosine_schedule(step: int, steps: int, warmup: int) -> float:
-    """The learning-rate factor at `step`: linear warmup to 1 over `warmup` steps, then cosine decay to 0.1."""
+def cosine_schedule(step: int, steps: int, warmup: int, decay: bool = True) -> float:
+    """The learning-rate factor at `step`: linear warmup to 1 over `warmup` steps, then cosine decay to 0.1 (or, with
+    `decay` off, 1 throughout)."""
     if step < warmup:
         return (step + 1) / warmup
+    if not decay:
+        return 1.0
     progress = (step - warmup) / max(1, steps - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -88,10 +91,12 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, no_decay: Sequ
 
 def train_steps(model: torch.nn.Module, loss_of_step: Callable[[int], torch.Tensor], *, steps: int, lr: float,
                 warmup: int, weight_decay: float, desc: str, progress: bool, bf16: bool = False,
-                no_decay: Sequence[str] = (), after_step: Callable[[], None] | None = None) -> list[float]:
+                no_decay: Sequence[str] = (), after_step: Callable[[], None] | None = None,
+                decay: bool = True) -> list[float]:
     """Run `steps` optimiser steps of `loss_of_step(step)` and return every step's loss.
 
-    AdamW (betas 0.9/0.95), warmup then cosine decay (cosine_schedule), gradients clipped at norm 1. `bf16` runs
+    AdamW (betas 0.9/0.95), warmup then cosine decay (cosine_schedule; constant with `decay` off), gradients clipped
+    at norm 1. `bf16` runs
     the forward passes under CPU bfloat16 autocast (weights and optimiser stay fp32). `after_step` runs after each
     optimiser step (CLIP clamps its logit scale there).
     """
@@ -99,7 +104,7 @@ def train_steps(model: torch.nn.Module, loss_of_step: Callable[[int], torch.Tens
 
     model.train()
     opt = adamw(model, lr, weight_decay, no_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, steps, warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, steps, warmup, decay))
     losses: list[float] = []
     bar = tqdm(total=steps, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=1.0, leave=True)
     try:
@@ -172,45 +177,121 @@ def heldout_perplexity(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBa
     return math.exp(total / max(count, 1))
 
 
+def document_rows(tokenizer: PreTrainedTokenizerBase, documents: Sequence[str],
+                  seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each document as a row of its own, BOS + document + EOS cut at `seq_len` and right-padded: (ids, labels), pad
+    labelled -100. Why not packed with the text: a document is read from its own beginning, so that what a question
+    looks up is in this document and no other."""
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    ids = torch.full((len(documents), seq_len), pad, dtype=torch.long)
+    labels = torch.full((len(documents), seq_len), -100, dtype=torch.long)
+    for i, doc in enumerate(tokenizer(list(documents), add_special_tokens=False)["input_ids"]):
+        row = torch.tensor([bos, *doc, eos][:seq_len])
+        ids[i, :len(row)], labels[i, :len(row)] = row, row
+    return ids, labels
+
+
+def grown(folder: str | Path, repeat: int) -> LlamaForCausalLM:
+    """The Llama at `folder` with each decoder layer repeated `repeat` times in place (layers 0, 0, 1, 1, ... for 2):
+    a deeper model that starts as the smaller one's continuation (depth up-scaling), so that what the smaller one
+    learned is kept and the larger costs only its own further steps."""
+    with quiet_hf():
+        small = LlamaForCausalLM.from_pretrained(folder)
+    config = LlamaConfig.from_dict(small.config.to_dict())
+    config.num_hidden_layers = small.config.num_hidden_layers * repeat
+    model = LlamaForCausalLM(config)
+    state = {}
+    for key, value in small.state_dict().items():
+        if key.startswith("model.layers."):
+            layer, rest = key.removeprefix("model.layers.").split(".", 1)
+            for r in range(repeat):
+                state[f"model.layers.{int(layer) * repeat + r}.{rest}"] = value.clone()
+        else:
+            state[key] = value.clone()
+    model.load_state_dict(state)
+    return model
+
+
 def pretrain_llm(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *,
-                 hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4, steps: int = 600,
-                 batch_size: int = 16, seq_len: int = 256, lr: float = 3e-3, warmup: int | None = None,
-                 weight_decay: float = 0.1, seed: int = 0, heldout_texts: Sequence[str] | None = None,
+                 hidden_size: int | None = None, num_layers: int | None = None, num_heads: int | None = None,
+                 steps: int = 600, batch_size: int = 16, seq_len: int = 256, lr: float = 3e-3,
+                 warmup: int | None = None, weight_decay: float = 0.1, seed: int = 0,
+                 heldout_texts: Sequence[str] | None = None, reading: Sequence[str] = (), reading_steps: int = 0,
+                 documents: Sequence[str] = (), documents_share: float = 0.0,
+                 grow_from: str | Path | None = None, repeat_layers: int = 2,
                  bf16: bool = False, progress: bool = True, name: str | None = None) -> dict:
     """Pretrain a LlamaForCausalLM (llama_config) on `texts` with next-token loss and save it with its tokenizer.
 
     The texts, each as BOS + text + EOS, are concatenated in a seeded random order and cut into `seq_len` blocks
     (the remainder dropped); each epoch visits the blocks in a new seeded order, `batch_size` blocks per step.
-    AdamW + warmup (default 5% of the steps) + cosine decay. Returns {"steps", "seconds", "cpu_seconds",
-    "first_loss", "final_loss" (mean of the last 20 steps), "heldout_ppl" (token-weighted over `heldout_texts`, None
-    without), "params", "tokens"}.
+    Before them, `reading_steps` steps of the `reading` documents alone (one per row, document_rows); during them,
+    `documents_share` of each batch's rows are `documents` (one per row) instead of text blocks. Each part has its
+    own optimiser and schedule: the reading steps warm up and stay at `lr`, the text steps warm up (`warmup`,
+    default 5% of them) and decay (cosine) as a pretraining alone does. From scratch, a Llama
+    of `hidden_size` (128) x `num_layers` (4) with `num_heads` (4); `grow_from`: that saved Llama with its layers
+    repeated `repeat_layers` times (`grown`; leave the size arguments None).
+    Returns {"steps" (both parts), "seconds",
+    "cpu_seconds", "first_loss", "final_loss" (mean of the last 20 steps), "heldout_ppl" (token-weighted over
+    `heldout_texts`, None without), "params", "tokens"}.
     """
     out_dir = Path(out_dir)
     name = name or out_dir.name
+    if reading_steps and not reading:
+        raise ValueError(f"reading_steps={reading_steps} but no reading documents")
+    if documents_share and not documents:
+        raise ValueError(f"documents_share={documents_share} but no documents")
+    if grow_from is not None and any(v is not None for v in (hidden_size, num_layers, num_heads)):
+        raise ValueError("a grown Llama keeps the width and heads of the one it grows from: leave the sizes None")
+    if not 0 <= documents_share < 1:
+        raise ValueError(f"documents_share must be in [0, 1), got {documents_share}")
     clock = Clock()
+    total = reading_steps + steps
+    doc_rows = round(documents_share * batch_size) if documents else 0
     with seeded(seed) as gen:
-        model = LlamaForCausalLM(llama_config(tokenizer, hidden_size, num_layers, num_heads))
+        model = (grown(grow_from, repeat_layers) if grow_from is not None
+                 else LlamaForCausalLM(llama_config(tokenizer, hidden_size or 128, num_layers or 4, num_heads or 4)))
         stream = token_stream(tokenizer, texts, gen)
         blocks = stream[: len(stream) // seq_len * seq_len].view(-1, seq_len)
         if steps > 0 and len(blocks) == 0:
             raise ValueError(f"{len(stream)} tokens of text do not fill one block of seq_len={seq_len}")
-        batches = Batches(len(blocks), batch_size, gen)
+        losses: list[float] = []
+        if reading_steps:  # the documents alone, at a constant rate after warmup: the skill forms abruptly, late
+            read = document_rows(tokenizer, reading, seq_len)
+            width = int((read[1] != -100).sum(1).max())  # no column of padding alone
+            read_ids, read_labels = read[0][:, :width], read[1][:, :width]
+            read_batches = Batches(len(reading), batch_size, gen)
 
-        def loss_of_step(step: int) -> torch.Tensor:
-            batch = blocks[batches.next()]
-            return model(input_ids=batch, labels=batch).loss
+            def reading_step(step: int) -> torch.Tensor:
+                idx = read_batches.next()
+                return model(input_ids=read_ids[idx], attention_mask=(read_labels[idx] != -100).long(),
+                             labels=read_labels[idx]).loss
 
-        losses = train_steps(model, loss_of_step, steps=steps, lr=lr, weight_decay=weight_decay, bf16=bf16,
-                             warmup=warmup if warmup is not None else max(1, steps // 20), desc=name,
-                             progress=progress)
+            losses += train_steps(model, reading_step, steps=reading_steps, lr=lr, weight_decay=weight_decay,
+                                  bf16=bf16, warmup=max(1, reading_steps // 20), desc=f"{name} (reading)",
+                                  progress=progress, decay=False)
+        batches = Batches(len(blocks), batch_size - doc_rows, gen)
+        docs = document_rows(tokenizer, documents, seq_len) if doc_rows else None
+        doc_batches = Batches(len(documents), doc_rows, gen) if docs is not None else None
+
+        def text_step(step: int) -> torch.Tensor:
+            ids = blocks[batches.next()]
+            if docs is None:
+                return model(input_ids=ids, labels=ids).loss
+            more = doc_batches.next()
+            ids, labels = torch.cat([ids, docs[0][more]]), torch.cat([ids, docs[1][more]])
+            return model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+
+        losses += train_steps(model, text_step, steps=steps, lr=lr, weight_decay=weight_decay, bf16=bf16,
+                              warmup=warmup if warmup is not None else max(1, steps // 20), desc=name,
+                              progress=progress)
         ppl = heldout_perplexity(model, tokenizer, heldout_texts) if heldout_texts else None
     with quiet_hf():
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
-    result = {"steps": steps, **clock.read(), "first_loss": losses[0] if losses else None,
+    result = {"steps": total, **clock.read(), "first_loss": losses[0] if losses else None,
               "final_loss": final_loss(losses), "heldout_ppl": ppl,
-              "params": sum(p.numel() for p in model.parameters()), "tokens": steps * batch_size * seq_len}
+              "params": sum(p.numel() for p in model.parameters()), "tokens": total * batch_size * seq_len}
     ppl_text = f", held-out perplexity {ppl:.2f}" if ppl is not None else ""
-    log.info(f"{name}: {result['params'] / 1e6:.2f}M-parameter Llama, {steps} steps in {result['seconds']}s, "
+    log.info(f"{name}: {result['params'] / 1e6:.2f}M-parameter Llama, {total} steps in {result['seconds']}s, "
              f"loss {result['final_loss'] or float('nan'):.3f}{ppl_text}")
     return result

@@ -15,8 +15,11 @@ Design points, each there for one rung of the ladder:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -35,6 +38,7 @@ WORDS = ("OPEN", "STOP", "CAFE", "TAXI", "SALE", "PARK", "EXIT", "BANK", "HOTEL"
          "GOLD", "LAMP", "SHOP")
 PRINTS = {"large": 0.17, "small": 0.08}  # font size as a fraction of the image's shorter side
 CANVASES = ((192, 192), (240, 160), (160, 240), (256, 144))  # 1:1, 3:2, 2:3, 16:9
+_TEXTURED: ContextVar[bool] = ContextVar("textured", default=False)  # how `render` draws by default (`drawing`)
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2, normalised to [0, 1] by the image's width and height
@@ -273,9 +277,23 @@ def texture(kind: str, w: int, h: int) -> np.ndarray:
     return (along // width) % 2 == 0
 
 
-def render(scene: Scene, textured: bool = False) -> Image.Image:
+@contextlib.contextmanager
+def drawing(textured: bool) -> Iterator[None]:
+    """Within it, `render` draws textured kinds (or plain ones) unless told otherwise: how a world is drawn is one
+    setting of its spec, and the build sets it once around everything that writes pictures (sources, benchmarks,
+    the CLIP's pairs) instead of threading a flag through every benchmark builder."""
+    token = _TEXTURED.set(textured)
+    try:
+        yield
+    finally:
+        _TEXTURED.reset(token)
+
+
+def render(scene: Scene, textured: bool | None = None) -> Image.Image:
     """The scene's picture at its native size (containers first, so what is inside them is drawn on top); with
-    `textured`, each object's shape filled with its kind's texture (`texture`) instead of a solid colour."""
+    `textured` (None: as `drawing` says, plain by default), each object's shape filled with its kind's texture
+    (`texture`) instead of a solid colour."""
+    textured = _TEXTURED.get() if textured is None else textured
     w, h = scene.width, scene.height
     background = BACKGROUNDS[scene.background]
     img = Image.new("RGB", (w, h), background)
@@ -314,3 +332,27 @@ def visible_in_crop(b: Box, width: int, height: int) -> bool:
         return b[0] >= lo and b[2] <= hi
     lo, hi = (height - width) / 2 / height, (height + width) / 2 / height
     return b[1] >= lo and b[3] <= hi
+
+
+def patch_objects(scene: Scene, grid: int, aspect: str = "pad") -> list[Obj | None]:
+    """The object under the centre of each cell of a `grid` x `grid` patch grid (row-major; None for background) of
+    the square a tower sees: the picture padded to a square (`aspect="pad"`, LLaVA's) or centre-cropped to one
+    ("crop", CLIP's processor). Where objects overlap, the one drawn last (an object inside a container) wins, as in
+    the picture. The ground truth of a per-patch objective and of per-patch probes."""
+    if aspect not in ("pad", "crop"):
+        raise ValueError(f"aspect must be 'pad' or 'crop', got {aspect!r}")
+    side = max(scene.width, scene.height) if aspect == "pad" else min(scene.width, scene.height)
+    ox, oy = (side - scene.width) / 2, (side - scene.height) / 2
+    inner = set(scene.inside)
+    order = [o for i, o in enumerate(scene.objects) if i not in inner]
+    order += [scene.objects[i] for i in sorted(inner)]
+    out = []
+    for p in range(grid * grid):
+        u = (((p % grid) + 0.5) / grid * side - ox) / scene.width
+        v = (((p // grid) + 0.5) / grid * side - oy) / scene.height
+        hit = None
+        for o in order:
+            if o.box[0] <= u <= o.box[2] and o.box[1] <= v <= o.box[3]:
+                hit = o
+        out.append(hit)
+    return out

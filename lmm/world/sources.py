@@ -29,7 +29,6 @@ from typing import Any
 from lmm.data.formats import CAPTION, MULTIPLE_CHOICE, REGION_TO_BOX, REGION_TO_TEXT, SHORT_ANSWER
 from lmm.data.sources.carve import SOURCES
 from lmm.world import dialogue, questions
-from lmm.world.knowledge import FACTS, PROPERTIES, fact_sentences
 from lmm.world.scenes import Scene, box_text, render, sample_scene
 
 PRETRAIN_JSON = "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json"
@@ -245,33 +244,3 @@ def build_sources(root: Path, sizes: dict[str, int], seed: int, facts: set[tuple
     return {"records": {"lcs558k": len(pretrain), **{s: len(mix[s]) for s in SOURCES}},
             "images": images.written, "seconds": round(time.perf_counter() - started, 2),
             "files": {"pretrain": str(PRETRAIN_JSON), "mix": str(MIX_JSON), "okvqa_ids": str(OKVQA_IDS)}}  # in data/
-
-
-def pretraining_text(rng: random.Random, n: int) -> list[str]:
-    """n documents of the world's text for the zoo's LMs, from fresh scenes of `rng` (not the training or benchmark
-    images): knowledge sentences (every fact, both halves: text is where knowledge lives), captions, detailed
-    descriptions, conversations and reasoning without <image>, and the text-only dialogues."""
-    every = {(k, p) for k in FACTS for p in PROPERTIES}
-    facts: list[str] = []  # every knowledge sentence once per round, in a new order each round
-    out: list[str] = []
-    for _ in range(n):
-        u = rng.random()
-        if u < 0.25:
-            facts = facts or fact_sentences(rng, repeats=1)
-            out.append(facts.pop())
-            continue
-        if u < 0.35:
-            out.append(" ".join(f"{q} {a}" for q, a in dialogue.text_dialogue(rng)))
-            continue
-        scene = sample_scene(rng)
-        if u < 0.55:
-            text = questions.caption(scene, rng)
-            out.append(text[:1].upper() + text[1:] + ".")
-        elif u < 0.7:
-            out.append(questions.detailed_description(scene))
-        elif u < 0.9:
-            out.append(" ".join(f"{q} {a}" for q, a in dialogue.conversation(scene, rng, every)))
-        else:
-            found = dialogue.reasoning(scene, rng, every)
-            out.append(" ".join(found) if found else questions.detailed_description(scene))
-    return out

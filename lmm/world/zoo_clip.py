@@ -33,7 +33,15 @@ from transformers import (
 
 from lmm.log import log
 from lmm.model.preprocess import CLIP_MEAN, CLIP_STD, expand_to_square
+from lmm.world.clip_objectives import (
+    CaptionWords,
+    PatchLabels,
+    caption_word_targets,
+    loss_with_heads,
+    patch_label_targets,
+)
 from lmm.world.pretrain import Batches, Clock, final_loss, quiet_hf, seeded, train_steps
+from lmm.world.scenes import Scene
 
 END_OF_TEXT = "<|endoftext|>"
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP clamps its learned temperature at 100
@@ -164,44 +172,6 @@ def _loss_with_negatives(model: CLIPModel, pixel_values: torch.Tensor, texts: tu
             + torch.nn.functional.cross_entropy(text_to_image, target)) / 2
 
 
-class CaptionWords(torch.nn.Module):
-    """Which of the caption's words are in the image, read off each patch of the vision tower's `layer` hidden state
-    (a linear score per vocabulary token, max over patches): an auxiliary image-text objective beside InfoNCE. Why:
-    a batch of random scenes is told apart by colour alone, so the contrastive loss stops asking for kinds once
-    colours are learned; a per-word loss keeps asking for every word the caption holds, and asks it of the patches,
-    which are what LLaVA's connector is handed. The head is dropped after pretraining; the checkpoint is a CLIP."""
-
-    def __init__(self, hidden_size: int, vocab_size: int, layer: int = -2) -> None:
-        super().__init__()
-        self.layer = layer
-        self.norm = torch.nn.LayerNorm(hidden_size)
-        self.score = torch.nn.Linear(hidden_size, vocab_size)
-
-    def forward(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.score(self.norm(hidden_states[self.layer][:, 1:])).amax(dim=1)
-
-
-def caption_word_targets(ids: torch.Tensor, lengths: torch.Tensor, vocab_size: int,
-                         special: Sequence[int]) -> torch.Tensor:
-    """[N, vocab] multi-hot of the token ids each caption holds, its special tokens (BOS, <|endoftext|>) left out."""
-    targets = torch.zeros(len(ids), vocab_size)
-    for i, n in enumerate(lengths.tolist()):
-        targets[i, ids[i, :n]] = 1.0
-    targets[:, list(special)] = 0.0
-    return targets
-
-
-def _loss_with_words(model: CLIPModel, words: CaptionWords, weight: float, pixel_values: torch.Tensor,
-                     texts: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-    """CLIP's own loss plus `weight` x the caption-word loss: binary cross-entropy summed over the vocabulary (a mean
-    would shrink each word's gradient by the vocabulary size), averaged over the batch."""
-    out = model(input_ids=texts[0], attention_mask=texts[1], pixel_values=pixel_values, return_loss=True,
-                output_hidden_states=True)
-    per_word = torch.nn.functional.binary_cross_entropy_with_logits(words(out.vision_model_output.hidden_states),
-                                                                    targets, reduction="none")
-    return out.loss + weight * per_word.sum(dim=1).mean()
-
-
 @torch.no_grad()
 def _embed(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
            batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +209,8 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
                   weight_decay: float = 0.1, seed: int = 0, init_from: str | Path | None = None,
                   heldout: tuple[Sequence[Image.Image], Sequence[str]] | None = None, pool: int = 100,
                   aspect: str = "crop", negatives: Sequence[Sequence[str]] | None = None, caption_words: float = 0.0,
-                  bf16: bool = False, progress: bool = True, name: str | None = None) -> dict:
+                  patch_labels: float = 0.0, scenes: Sequence[Scene] | None = None, bf16: bool = False,
+                  progress: bool = True, name: str | None = None) -> dict:
     """Pretrain a full CLIPModel contrastively on (image, caption) pairs and save it to `out_dir` as a full CLIP
     checkpoint with its image-processor config and its text tower's tokenizer (clip_text_tokenizer).
 
@@ -250,7 +221,9 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
     of each batch image's negatives, drawn at random, to the captions its image is ranked against (image -> text
     only, as NegCLIP): a batch of random scenes is told apart by colours alone, these are not. `caption_words` > 0
     adds that weight x a caption-word loss (CaptionWords: which of its caption's words each image holds, read off
-    its patches); the head is dropped after training. One or the other, not both.
+    its patches); `patch_labels` > 0 adds that weight x a per-patch loss (PatchLabels: the kind and colour under each
+    patch centre, from `scenes`, the pairs' ground truth); the heads are dropped after training. Negatives are a
+    recipe of their own: not with either head.
 
     From scratch (`init_from` None): vision ViT of `hidden_size` (64) x `num_layers` (3), patches of `patch_size`;
     text tower of `text_hidden_size` / `text_layers` (the vision's by default), `max_text_len` positions. With
@@ -293,21 +266,29 @@ def pretrain_clip(out_dir: str | Path, images: Sequence[Image.Image], captions: 
                                           projection_dim=projection_dim or hidden_size))
         neg = [tokenize_captions(text_tokenizer, [n[v] for n in negatives], ids.shape[1]) for v in range(k)]
         batches = Batches(len(pixels), min(batch_size, len(pixels)), gen)
-        if caption_words and neg:
-            raise ValueError("caption_words and hard negatives are separate recipes: give one of them")
-        trained: torch.nn.Module = model
+        if (caption_words or patch_labels) and neg:
+            raise ValueError("hard negatives and the patch heads (caption_words, patch_labels) are separate recipes: "
+                             "give one of them")
+        heads: list[tuple[float, torch.nn.Module, torch.Tensor]] = []
         if caption_words:
-            words = CaptionWords(model.config.vision_config.hidden_size, len(text_tokenizer))
-            targets = caption_word_targets(ids, lengths, len(text_tokenizer),
-                                           (text_tokenizer.bos_token_id, text_tokenizer.eos_token_id))
-            trained = torch.nn.ModuleDict({"clip": model, "words": words})
+            heads.append((caption_words, CaptionWords(model.config.vision_config.hidden_size, len(text_tokenizer)),
+                          caption_word_targets(ids, lengths, len(text_tokenizer),
+                                               (text_tokenizer.bos_token_id, text_tokenizer.eos_token_id))))
+        if patch_labels:
+            if scenes is None or len(scenes) != len(images):
+                raise ValueError(f"patch_labels needs the scene of every image: {len(images)} images, "
+                                 f"{'no' if scenes is None else len(scenes)} scenes")
+            vision = model.config.vision_config
+            heads.append((patch_labels, PatchLabels(vision.hidden_size),
+                          patch_label_targets(scenes, image_size // vision.patch_size, aspect)))
+        trained = torch.nn.ModuleList([model, *(head for _, head, _ in heads)]) if heads else model
 
         def loss_of_step(step: int) -> torch.Tensor:
             idx = batches.next()
             input_ids, mask = _text_batch(ids, lengths, idx)
-            if caption_words:
-                return _loss_with_words(model, words, caption_words, normalize(pixels[idx]), (input_ids, mask),
-                                        targets[idx])
+            if heads:
+                return loss_with_heads(model, normalize(pixels[idx]), (input_ids, mask),
+                                       [(w, head, targets[idx]) for w, head, targets in heads])
             if not neg:
                 return model(input_ids=input_ids, pixel_values=normalize(pixels[idx]), attention_mask=mask,
                              return_loss=True).loss
