@@ -255,11 +255,19 @@ def _draw_shape(draw: ImageDraw.ImageDraw, o: Obj, w: int, h: int, fill, hole) -
         raise ValueError(f"unknown kind {o.kind!r}")
 
 
+@lru_cache(maxsize=64)
 def texture(kind: str, w: int, h: int) -> np.ndarray:
-    """(h, w) bool: where a `kind` object drawn with textures takes its colour (elsewhere inside its outline, the
-    background shows through, so a texture adds no colour). Stripes of four orientations, two widths, square holes, a
-    checkerboard, or solid; the period is 1/16 of the image's longer side (4 px of a 64-px tower's padded square), so
-    that one 8 x 8 patch shows the kind, where an outline spans several (experiments/world.md, twelfth measurement)."""
+    """(h, w) bool, read-only (computed once per kind and canvas): where a `kind` object drawn with textures takes its
+    colour (elsewhere inside its outline, the background shows through, so a texture adds no colour). Stripes of four
+    orientations, two widths, square holes, a checkerboard, or solid; the period is 1/16 of the image's longer side
+    (4 px of a 64-px tower's padded square), so that one 8 x 8 patch shows the kind, where an outline spans several
+    (experiments/world.md, twelfth measurement)."""
+    out = _texture(kind, w, h)
+    out.flags.writeable = False
+    return out
+
+
+def _texture(kind: str, w: int, h: int) -> np.ndarray:
     period = max(w, h) / 16
     half = period / 2
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -319,9 +327,13 @@ def render(scene: Scene, textured: bool | None = None) -> Image.Image:
     for o in order:
         mask = Image.new("L", (w, h), 0)
         _draw_shape(ImageDraw.Draw(mask), o, w, h, 255, 0)
-        inside, on = np.array(mask) > 0, texture(o.kind, w, h)
-        pixels[inside & on] = COLORS[o.colour]
-        pixels[inside & ~on] = background
+        box = mask.getbbox()  # the shape's own pixels only: the rest of the canvas is not touched
+        if box is None:
+            continue
+        region = (slice(box[1], box[3]), slice(box[0], box[2]))
+        inside, on, part = np.asarray(mask)[region] > 0, texture(o.kind, w, h)[region], pixels[region]
+        part[inside & on] = COLORS[o.colour]
+        part[inside & ~on] = background
     return Image.fromarray(pixels)
 
 
