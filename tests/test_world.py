@@ -130,3 +130,6 @@ def test_the_world_is_drawn_as_its_spec_says_and_its_clip_pairs_keep_their_scene
     assert plain_differs > len(images) // 2
     small, large = (AutoConfig.from_pretrained(cfg.world.backbones[k]) for k in ("llm_small", "llm_large"))
     assert large.num_hidden_layers == 2 * small.num_hidden_layers and large.hidden_size == small.hidden_size
+    figures = json.loads((Path(cfg.world.root) / "world.json").read_text())["figures"]
+    assert [s for s, _ in figures["llm_small"]["reading_checks"]] == [1, 2]  # the lookup checked while reading
+    assert all(0 <= figures[k]["final_check"] <= 1 for k in ("llm_small", "llm_large"))

@@ -485,7 +485,7 @@ def test_patch_labels_read_each_patch_of_their_layer_and_add_two_cross_entropies
     wide = clip_objectives.PatchLabels(16)
     with_head = clip_objectives.loss_with_heads(model, pixels, texts, [(0.5, wide, labels)])
     assert torch.allclose(clip_objectives.loss_with_heads(model, pixels, texts, [(0.0, wide, labels)]), plain)
-    assert float(with_head) > float(plain) + 0.5
+    assert float(with_head.detach()) > float(plain.detach()) + 0.5
 
 
 def test_clip_pretrains_with_patch_labels_and_saves_a_plain_clip(tmp_path, tok):
@@ -608,3 +608,60 @@ def test_grid_documents_answer_from_the_stand_in_and_copy_its_objects():
     words = patch_words(scene)
     assert {w for w in words if w != "background"} <= {o.kind for o in scene.objects} | {o.colour for o in
                                                                                           scene.objects}
+
+
+def test_reading_stops_once_the_check_reaches_its_target_and_the_checks_are_reported(tmp_path, tok):
+    reading = [f"{c} Is there a square? Yes." for c in CAPTIONS]
+    scores = iter([0.5, 0.7, 0.95, 0.99, 0.99])
+    calls: list[bool] = []
+
+    def check(model) -> float:
+        calls.append(model.training)
+        return next(scores)
+
+    out = pretrain_llm(tmp_path / "until", tok, LM_TEXTS * 4, steps=2, reading=reading, reading_steps=20,
+                       reading_check=check, reading_target=0.9, check_every=3, **SMALL_LM)
+    assert out["reading_steps"] == 9 and out["steps"] == 11  # checked after 3, 6, 9 steps; 0.95 >= 0.9 stops
+    assert out["reading_checks"] == [(3, 0.5), (6, 0.7), (9, 0.95)] and out["final_check"] == 0.99
+    never = pretrain_llm(tmp_path / "never", tok, LM_TEXTS * 4, steps=1, reading=reading, reading_steps=5,
+                         reading_check=lambda m: 0.1, reading_target=0.9, check_every=2, **SMALL_LM)
+    assert never["reading_steps"] == 5 and [s for s, _ in never["reading_checks"]] == [2, 4]
+
+
+def test_lookup_auc_scores_whether_the_answer_follows_the_context(tiny_world):
+    """A stand-in model that says "Yes" exactly when the asked word occurs earlier scores 1; one that says the
+    opposite 0; one that ignores its context 0.5. The grid probes are balanced and answered from the grid."""
+    import random
+    import re
+    from types import SimpleNamespace
+
+    from lmm.world.lm_text import grid_probes, lookup_auc
+    from lmm.world.scenes import KINDS
+    from tests.conftest import world_root
+
+    tok = load_tokenizer(str(world_root(tiny_world) / "tokenizer"))  # the world's: each kind one token
+    probes = grid_probes(random.Random(0), 40)
+    assert sum(t for _, t in probes) == 20
+    for text, there in probes:
+        grid, caption, question = text.split("\n")
+        assert (re.search(r"Is there an? (\w+) in", question).group(1) in grid.split(" ")) == there
+
+    class Reader:
+        def __init__(self, sign: float) -> None:
+            self.sign = sign
+
+        def eval(self) -> None:
+            pass
+
+        def __call__(self, input_ids: torch.Tensor) -> SimpleNamespace:
+            ids = input_ids[0].tolist()
+            asked = next(t for t in reversed(ids) if tok.convert_ids_to_tokens(t).strip("▁") in KINDS)
+            logits = torch.zeros(1, len(ids), len(tok))
+            yes, no = tok.convert_tokens_to_ids("▁Yes"), tok.convert_tokens_to_ids("▁No")
+            before = ids[:len(ids) - 1 - ids[::-1].index(asked)]  # the context before the question's word
+            logits[0, -1, yes if asked in before else no] = self.sign
+            return SimpleNamespace(logits=logits)
+
+    assert lookup_auc(Reader(1.0), tok, probes) == 1.0
+    assert lookup_auc(Reader(-1.0), tok, probes) == 0.0
+    assert lookup_auc(Reader(0.0), tok, probes) == 0.5

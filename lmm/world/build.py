@@ -20,6 +20,7 @@ import random
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from lmm.data.templates import VICUNA_V1_SYSTEM
 from lmm.log import log
 from lmm.world.benchmarks import build_benchmarks
 from lmm.world.knowledge import split_facts
-from lmm.world.lm_text import grid_documents, pretraining_text, reading_documents
+from lmm.world.lm_text import grid_documents, grid_probes, lookup_auc, pretraining_text, reading_documents
 from lmm.world.questions import caption, contrast_caption
 from lmm.world.scenes import Scene, drawing, render, sample_scene
 from lmm.world.sources import Images, build_sources
@@ -117,13 +118,16 @@ def _build_drawn(root: Path, spec: dict[str, Any], progress: bool) -> dict[str, 
     tokenizer = _timed(report, "tokenizer", build_tokenizer, text + prompts, root / "tokenizer",
                        vocab_size=zoo["vocab_size"])
     reading, documents = lm_documents(zoo["text"], seed)
+    # the lookup the reading documents teach, scored on held-out ones: the LMs read until it shows (reading_target)
+    probes = grid_probes(random.Random(f"{seed}-lm-probes"), zoo["text"].get("probes", 0))
+    check = partial(lookup_auc, tokenizer=tokenizer, probes=probes) if probes else None
     for name, folder in (("llm_small", "llama-tiny"), ("llm_large", "llama-tiny-large")):
         recipe = dict(zoo[name])
         if grow := recipe.pop("grow", None):  # the larger LM continues the smaller one, deeper
             recipe.update(grow_from=root / "llama-tiny", repeat_layers=grow)
         _timed(report, name, pretrain_llm, root / folder, tokenizer, text, heldout_texts=heldout_text, seed=seed,
                progress=progress, reading=reading if recipe.get("reading_steps") else (),
-               documents=documents if recipe.get("documents_share") else (), **recipe)
+               documents=documents if recipe.get("documents_share") else (), reading_check=check, **recipe)
 
     images, captions, scenes = stage1_pairs(data, seed)
     heldout = heldout_pairs(zoo["clip"]["heldout"], seed)

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import random
 
+import torch
+from torchmetrics.functional.classification import binary_auroc
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 from lmm.world import dialogue, questions
 from lmm.world.knowledge import FACTS, PROPERTIES, fact_sentences
 from lmm.world.scenes import KINDS, Scene, patch_objects, sample_scene
@@ -74,6 +78,19 @@ def patch_words(scene: Scene, grid: int = 8) -> list[str]:
             for p, o in enumerate(patch_objects(scene, grid, "pad"))]
 
 
+def _grid_document(scene: Scene, rng: random.Random, grid: int, asked: int) -> tuple[str, str, list[tuple[str, bool]]]:
+    """A scene's patch words, the caption copied from them, and `asked` existence questions with their answers."""
+    words = patch_words(scene, grid)
+    shown = [k for k in KINDS if k in words]
+    caption = " and ".join(questions.article(o.name) for o in scene.objects if o.kind in shown) or "nothing"
+    turns = []
+    for _ in range(asked):
+        there = bool(shown) and rng.random() < 0.5
+        kind = rng.choice(shown if there else [k for k in KINDS if k not in shown])
+        turns.append((f"Is there {questions.article(kind)} in the image?", there))
+    return " ".join(words), caption, turns
+
+
 def grid_documents(rng: random.Random, n: int, grid: int = 8, asked: int = 6) -> list[str]:
     """n documents of fresh scenes in the form the LLaVA side meets them: the picture's stand-in (`patch_words`), a
     newline, its caption copied from the stand-in (the objects whose kind it shows, "a blue kite and an orange
@@ -83,14 +100,30 @@ def grid_documents(rng: random.Random, n: int, grid: int = 8, asked: int = 6) ->
     instead of the lookup (a first try answered from the scene: no lookup in 1,500 steps)."""
     out = []
     for _ in range(n):
-        scene = sample_scene(rng)
-        words = patch_words(scene, grid)
-        shown = [k for k in KINDS if k in words]
-        caption = " and ".join(questions.article(o.name) for o in scene.objects if o.kind in shown) or "nothing"
-        turns = []
-        for _ in range(asked):
-            there = bool(shown) and rng.random() < 0.5
-            kind = rng.choice(shown if there else [k for k in KINDS if k not in shown])
-            turns.append(f"Is there {questions.article(kind)} in the image? {'Yes.' if there else 'No.'}")
-        out.append(" ".join(words) + "\n" + caption + "\n" + " ".join(turns))
+        words, caption, turns = _grid_document(sample_scene(rng), rng, grid, asked)
+        out.append(f"{words}\n{caption}\n" + " ".join(f"{q} {'Yes.' if a else 'No.'}" for q, a in turns))
     return out
+
+
+def grid_probes(rng: random.Random, n: int, grid: int = 8) -> list[tuple[str, bool]]:
+    """n held-out (grid document up to its first question, is the kind there?) pairs, half of them there: what
+    `lookup_auc` scores."""
+    out: list[tuple[str, bool]] = []
+    while len(out) < n:
+        words, caption, [(q, there)] = _grid_document(sample_scene(rng), rng, grid, 1)
+        if there == (len(out) % 2 == 0):
+            out.append((f"{words}\n{caption}\n{q}", there))
+    return out
+
+
+@torch.no_grad()
+def lookup_auc(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, probes: list[tuple[str, bool]]) -> float:
+    """How well the logit of "Yes" minus that of "No" after each probe separates the kinds there from those not
+    (AUC; 0.5: the context unused): the skill the reading documents teach, checked on documents never trained on."""
+    yes, no = tokenizer.convert_tokens_to_ids("▁Yes"), tokenizer.convert_tokens_to_ids("▁No")
+    model.eval()
+    margins = []
+    for text, _ in probes:
+        logits = model(input_ids=torch.tensor([tokenizer(text).input_ids])).logits[0, -1]
+        margins.append(logits[yes] - logits[no])
+    return float(binary_auroc(torch.stack(margins), torch.tensor([int(t) for _, t in probes])))

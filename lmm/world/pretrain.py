@@ -92,13 +92,14 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, no_decay: Sequ
 def train_steps(model: torch.nn.Module, loss_of_step: Callable[[int], torch.Tensor], *, steps: int, lr: float,
                 warmup: int, weight_decay: float, desc: str, progress: bool, bf16: bool = False,
                 no_decay: Sequence[str] = (), after_step: Callable[[], None] | None = None,
-                decay: bool = True) -> list[float]:
+                decay: bool = True, stop: Callable[[int], bool] | None = None) -> list[float]:
     """Run `steps` optimiser steps of `loss_of_step(step)` and return every step's loss.
 
     AdamW (betas 0.9/0.95), warmup then cosine decay (cosine_schedule; constant with `decay` off), gradients clipped
     at norm 1. `bf16` runs
     the forward passes under CPU bfloat16 autocast (weights and optimiser stay fp32). `after_step` runs after each
-    optimiser step (CLIP clamps its logit scale there).
+    optimiser step (CLIP clamps its logit scale there); `stop(steps done)` after that ends the training early when it
+    says so (the model back in train mode is its business).
     """
     from tqdm.auto import tqdm
 
@@ -122,6 +123,8 @@ def train_steps(model: torch.nn.Module, loss_of_step: Callable[[int], torch.Tens
             bar.update(1)
             if step % 10 == 0 or step == steps - 1:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            if stop is not None and stop(step + 1):
+                break
     finally:
         bar.close()
     model.eval()
@@ -217,22 +220,25 @@ def pretrain_llm(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase, texts:
                  steps: int = 600, batch_size: int = 16, seq_len: int = 256, lr: float = 3e-3,
                  warmup: int | None = None, weight_decay: float = 0.1, seed: int = 0,
                  heldout_texts: Sequence[str] | None = None, reading: Sequence[str] = (), reading_steps: int = 0,
-                 documents: Sequence[str] = (), documents_share: float = 0.0,
+                 reading_check: Callable[[LlamaForCausalLM], float] | None = None, reading_target: float = 1.0,
+                 check_every: int = 250, documents: Sequence[str] = (), documents_share: float = 0.0,
                  grow_from: str | Path | None = None, repeat_layers: int = 2,
                  bf16: bool = False, progress: bool = True, name: str | None = None) -> dict:
     """Pretrain a LlamaForCausalLM (llama_config) on `texts` with next-token loss and save it with its tokenizer.
 
     The texts, each as BOS + text + EOS, are concatenated in a seeded random order and cut into `seq_len` blocks
     (the remainder dropped); each epoch visits the blocks in a new seeded order, `batch_size` blocks per step.
-    Before them, `reading_steps` steps of the `reading` documents alone (one per row, document_rows); during them,
+    Before them, up to `reading_steps` steps of the `reading` documents alone (one per row, document_rows), ended
+    early once `reading_check(model)`, scored every `check_every` steps, reaches `reading_target` (the skill they
+    teach forms abruptly, after a number of steps that varies with the seed); during them,
     `documents_share` of each batch's rows are `documents` (one per row) instead of text blocks. Each part has its
     own optimiser and schedule: the reading steps warm up and stay at `lr`, the text steps warm up (`warmup`,
     default 5% of them) and decay (cosine) as a pretraining alone does. From scratch, a Llama
     of `hidden_size` (128) x `num_layers` (4) with `num_heads` (4); `grow_from`: that saved Llama with its layers
     repeated `repeat_layers` times (`grown`; leave the size arguments None).
-    Returns {"steps" (both parts), "seconds",
-    "cpu_seconds", "first_loss", "final_loss" (mean of the last 20 steps), "heldout_ppl" (token-weighted over
-    `heldout_texts`, None without), "params", "tokens"}.
+    Returns {"steps" (both parts), "reading_steps" (taken), "reading_checks" ([steps, check] pairs), "final_check"
+    (reading_check after all steps; None without it), "seconds", "cpu_seconds", "first_loss", "final_loss" (mean of
+    the last 20 steps), "heldout_ppl" (token-weighted over `heldout_texts`, None without), "params", "tokens"}.
     """
     out_dir = Path(out_dir)
     name = name or out_dir.name
@@ -245,7 +251,6 @@ def pretrain_llm(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase, texts:
     if not 0 <= documents_share < 1:
         raise ValueError(f"documents_share must be in [0, 1), got {documents_share}")
     clock = Clock()
-    total = reading_steps + steps
     doc_rows = round(documents_share * batch_size) if documents else 0
     with seeded(seed) as gen:
         model = (grown(grow_from, repeat_layers) if grow_from is not None
@@ -255,6 +260,7 @@ def pretrain_llm(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase, texts:
         if steps > 0 and len(blocks) == 0:
             raise ValueError(f"{len(stream)} tokens of text do not fill one block of seq_len={seq_len}")
         losses: list[float] = []
+        checks: list[tuple[int, float]] = []  # (reading steps done, reading_check) at each check
         if reading_steps:  # the documents alone, at a constant rate after warmup: the skill forms abruptly, late
             read = document_rows(tokenizer, reading, seq_len)
             width = int((read[1] != -100).sum(1).max())  # no column of padding alone
@@ -266,9 +272,18 @@ def pretrain_llm(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase, texts:
                 return model(input_ids=read_ids[idx], attention_mask=(read_labels[idx] != -100).long(),
                              labels=read_labels[idx]).loss
 
+            def formed(done: int) -> bool:
+                if reading_check is None or done % check_every:
+                    return False
+                checks.append((done, round(reading_check(model), 4)))
+                model.train()
+                log.info(f"{name}: reading check {checks[-1][1]:.3f} after {done} steps (target {reading_target})")
+                return checks[-1][1] >= reading_target
+
             losses += train_steps(model, reading_step, steps=reading_steps, lr=lr, weight_decay=weight_decay,
                                   bf16=bf16, warmup=max(1, reading_steps // 20), desc=f"{name} (reading)",
-                                  progress=progress, decay=False)
+                                  progress=progress, decay=False, stop=formed)
+        read_done = len(losses)
         batches = Batches(len(blocks), batch_size - doc_rows, gen)
         docs = document_rows(tokenizer, documents, seq_len) if doc_rows else None
         doc_batches = Batches(len(documents), doc_rows, gen) if docs is not None else None
@@ -285,10 +300,13 @@ def pretrain_llm(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase, texts:
                               warmup=warmup if warmup is not None else max(1, steps // 20), desc=name,
                               progress=progress)
         ppl = heldout_perplexity(model, tokenizer, heldout_texts) if heldout_texts else None
+        final_check = round(reading_check(model), 4) if reading_check is not None else None
     with quiet_hf():
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
-    result = {"steps": total, **clock.read(), "first_loss": losses[0] if losses else None,
+    total = len(losses)
+    result = {"steps": total, "reading_steps": read_done, "reading_checks": checks, "final_check": final_check,
+              **clock.read(), "first_loss": losses[0] if losses else None,
               "final_loss": final_loss(losses), "heldout_ppl": ppl,
               "params": sum(p.numel() for p in model.parameters()), "tokens": total * batch_size * seq_len}
     ppl_text = f", held-out perplexity {ppl:.2f}" if ppl is not None else ""
