@@ -46,6 +46,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lmm.constants import IMAGE_TOKEN_INDEX
 from lmm.data.formats import SHORT_ANSWER
 from lmm.data.templates import VicunaV1Template
+from lmm.world import lm_text
 from lmm.world.scenes import COLORS, KINDS, Obj, Scene, patch_objects, render, sample_scene
 
 GRID = 8  # patches per side: the world's tower sees 64 px in patches of 8
@@ -171,11 +172,10 @@ class Lookup(nn.Module):
 
 
 def checker_words(scene: Scene, tok) -> torch.Tensor:
-    """(64,) per patch the word of its object's kind or colour, alternating like a chessboard, or "background": a
-    text stand-in for the image from which every word of its caption can be copied."""
-    words = ["background" if o is None else o.kind if (p // GRID + p % GRID) % 2 == 0 else o.colour
-             for p, o in enumerate(under_patches(scene))]
-    return torch.tensor([word_id(tok, w) for w in words])
+    """(64,) per patch the word of its object's kind or colour, alternating like a chessboard, or "background"
+    (lmm.world.lm_text.patch_words, the grid documents' stand-in): a text stand-in for the image from which every
+    word of its caption can be copied."""
+    return torch.tensor([word_id(tok, w) for w in lm_text.patch_words(scene, GRID)])
 
 
 def caption_loss(model: Lookup, scenes: list[Scene], tok, idx: list[int]) -> torch.Tensor:
